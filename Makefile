@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.fluxid-installed
 
-.PHONY: demo test venv check-sync nbtest pytest bench clean
+.PHONY: demo test venv check-sync nbtest pytest bench clean browser
 
 venv: $(STAMP)
 
@@ -33,7 +33,11 @@ check-sync: $(STAMP)
 nbtest: $(STAMP)
 	$(BIN)/nbdev_test --n_workers 2
 
-pytest: $(STAMP)
+# Debian's chromium + chromium-driver for tests/test_dashboard_browser.py (idempotent; root, as on CI)
+browser:
+	bash .ci/install-browser.sh
+
+pytest: $(STAMP) browser
 	$(BIN)/python -m pytest tests -q
 
 test: check-sync nbtest pytest
