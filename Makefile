@@ -43,7 +43,7 @@ pytest: $(STAMP) browser
 test: check-sync nbtest pytest
 
 bench: $(STAMP)
-	$(BIN)/python -m fluxid_nb.cli bench
+	$(BIN)/python bench/run_all.py
 
 clean:
 	rm -rf $(VENV) output .cache

@@ -1,52 +1,48 @@
-"""Analyzer speed on phone-size photos: 30 JPEGs of 4000×3000 (12 MP) with a real face, time per image and the split.
+"""The analyzer's throughput on 30 phone-size photos (12 MP JPEGs made from scikit-image's astronaut photo).
 
-    .venv/bin/python bench/bench_analyze.py [--n 30] [--keep DIR]
-"""
-import argparse, shutil, sys, tempfile, time
+    .venv/bin/python bench/bench_analyze.py [--n 30] [--out output/bench]"""
+from __future__ import annotations
+import argparse, json, resource, sys, time
 from pathlib import Path
-import numpy as np
-from PIL import Image, ImageEnhance, ImageOps
+T0 = time.perf_counter()
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
-def build(folder: Path, n: int) -> Path:
-    "n phone-size JPEGs of the astronaut (scikit-image's real photo) at varied scale, position, light, with captions."
-    from skimage import data
-    face = Image.fromarray(data.astronaut())
-    rng = np.random.default_rng(0)
-    bg = Image.fromarray(rng.integers(60, 200, (375, 500, 3), np.uint8)).resize((4000, 3000), Image.Resampling.BICUBIC)
+def phone_photos(folder: Path, n: int = 30, size=(3024, 4032)) -> Path:
+    "n portrait 12 MP JPEGs (varied crop, brightness, rotation) with captions, written once."
+    from PIL import Image, ImageEnhance
+    from skimage.data import astronaut
     folder.mkdir(parents=True, exist_ok=True)
+    if len(list(folder.glob('*.jpg'))) == n: return folder
+    base = Image.fromarray(astronaut())
     for i in range(n):
-        side = int(rng.integers(1400, 3000))
-        im = bg.copy()
-        subject = ImageEnhance.Brightness(face.resize((side, side), Image.Resampling.BICUBIC)).enhance(float(rng.uniform(0.7, 1.3)))
-        if i % 2: subject = ImageOps.mirror(subject)
-        im.paste(subject, (int(rng.integers(0, 4000 - side)), int(rng.integers(0, 3000 - side + 1))))
-        im.save(folder/f'phone_{i:02d}.jpg', quality=90)
-        (folder/f'phone_{i:02d}.txt').write_text(f'ohwx, photo {i}, {["indoor", "outdoor", "studio", "street", "park"][i % 5]} scene, variant {i}')
+        s = 0.55 + 0.4 * (i % 5) / 4
+        w = int(base.width * s); x0 = (base.width - w) * (i % 3) // 2
+        img = base.crop((x0, 0, x0 + w, int(w * 4 / 3) if int(w * 4 / 3) <= base.height else base.height))
+        img = img.rotate((i % 7 - 3) * 2, resample=Image.BICUBIC).resize(size, Image.LANCZOS)
+        img = ImageEnhance.Brightness(img).enhance(0.8 + 0.05 * (i % 9))
+        img.save(folder/f'photo_{i:02d}.jpg', quality=90)
+        (folder/f'photo_{i:02d}.txt').write_text(f"ohwx, photo of a person in a white suit, shot {i}\n")
     return folder
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument('--n', type=int, default=30)
-    ap.add_argument('--keep', default='', help='build the photos here and keep them')
-    args = ap.parse_args(argv)
-    folder = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix='fluxid-bench-'))/'subject'
-    try:
-        t = time.perf_counter(); build(folder, args.n); t_build = time.perf_counter() - t
-        t = time.perf_counter()
-        from fluxid_nb.analyze import analyze
-        import fluxid_nb.faces  # model loading is a one-off per process: timed apart
-        fluxid_nb.faces._models()
-        t_import = time.perf_counter() - t
-        t = time.perf_counter(); a = analyze(folder, profile='fast'); t_an = time.perf_counter() - t
-        tm = a.timings
-        print(f"built {args.n} JPEGs 4000×3000 in {t_build:.1f} s; imports + face models {t_import:.1f} s")
-        print(f"analyze: {t_an:.2f} s total, {t_an / args.n * 1000:.0f} ms per image  (verdict {a.verdict}, faces found in "
-              f"{sum(r['faces'] > 0 for r in a.rows)}/{len(a.rows)})")
-        for k in ('decode', 'hash', 'faces', 'other', 'fingerprint'):
-            print(f"  {k:<12} {tm.get(k, 0):6.2f} s  {tm.get(k, 0) / args.n * 1000:6.0f} ms/image  {tm.get(k, 0) / t_an:5.0%}")
-        print(f"  {'load+probe':<12} {t_an - sum(tm.get(k, 0) for k in ('decode', 'hash', 'faces', 'other', 'fingerprint')):6.2f} s  "
-              "(dataset scan, header + reduced-scale decode check, captions)")
-    finally:
-        if not args.keep: shutil.rmtree(folder.parent, ignore_errors=True)
+    ap = argparse.ArgumentParser(); ap.add_argument('--n', type=int, default=30); ap.add_argument('--out', default=str(ROOT/'output'/'bench'))
+    a = ap.parse_args(argv)
+    out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
+    folder = phone_photos(out/'phone_photos', a.n)
+    from fluxid_nb.analyze import analyze
+    t_imp = time.perf_counter() - T0
+    rows = []
+    for faces in (False, True):
+        t = time.perf_counter(); an = analyze(str(folder), profile='fast', faces=faces); dt = time.perf_counter() - t
+        rows.append(dict(faces=faces, images=a.n, seconds=dt, images_per_s=a.n / dt, findings=len(an.findings)))
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    md = ["| analyzer (30 × 12 MP JPEG) | seconds | images/s | findings |", "|---|---:|---:|---:|"]
+    md += [f"| {'with' if r['faces'] else 'without'} face model | {r['seconds']:.1f} | {r['images_per_s']:.2f} | {r['findings']} |" for r in rows]
+    md.append(f"\nimports {t_imp:.1f} s · peak RSS {rss:.0f} MB")
+    text = '\n'.join(md)
+    (out/'bench_analyze.json').write_text(json.dumps(dict(rows=rows, import_s=t_imp, peak_rss_mb=rss), indent=1))
+    (out/'bench_analyze.md').write_text(f"# Analyzer throughput\n\n{text}\n")
+    print(text)
 
 if __name__ == '__main__': main()

@@ -30,7 +30,12 @@ def test_plan_orderings(fast):
     peak = lambda c, **kw: M.plan_memory(c, device='cuda', device_gb=80, **kw).train_peak
     bf16 = peak(fast)
     assert 24 * M.GB < bf16 < 30 * M.GB                 # published: ~26 GB bf16 LoRA at 512×768
-    assert peak(fast, base='nf4') < peak(fast, base='fp8') < bf16
+    assert peak(fast, base='nf4') < bf16
+    parts = lambda b: M.plan_memory(fast, device='cuda', base=b).parts
+    assert parts('fp8')['base weights'] < 0.65 * parts(None)['base weights']
+    # measured (docs/memory_validation.md): with diffusers' layerwise casting the bf16 copies of every block stay alive
+    # until backward, so FP8_BASE peaks above bf16 on the full model; revisit when load_transformer changes its FP8 path
+    assert peak(fast, base='fp8') > bf16
     assert peak(dataclasses.replace(fast, optimizer='adamw8bit')) < bf16
     assert peak(dataclasses.replace(fast, gradient_checkpointing=False)) > bf16 + 10 * M.GB
     assert peak(dataclasses.replace(fast, resolution=1024, max_bucket_reso=1024)) > bf16
@@ -60,7 +65,7 @@ def test_nf4_quantize_and_train():
     from diffusers import FluxTransformer2DModel
     from fluxid_nb.train import add_lora
     torch.manual_seed(0)
-    m = FluxTransformer2DModel(num_layers=1, num_single_layers=1, attention_head_dim=32, num_attention_heads=2,
+    m = FluxTransformer2DModel(num_layers=1, num_single_layers=1, attention_head_dim=32, num_attention_heads=4,
                                joint_attention_dim=64, pooled_projection_dim=64, guidance_embeds=True,
                                axes_dims_rope=(8, 12, 12)).to(torch.bfloat16)
     x = dict(hidden_states=torch.randn(1, 16, 64, dtype=torch.bfloat16), encoder_hidden_states=torch.randn(1, 8, 64, dtype=torch.bfloat16),

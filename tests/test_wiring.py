@@ -162,3 +162,14 @@ def test_validate_wiring_has_no_unread_key():
     from fluxid_nb.config import wiring_report
     errors, pending = wiring_report()
     assert errors == [] and [p for p in pending if 'train.py' in p or 'analyze.py' in p] == []
+
+
+def test_nf4_base_trains_and_is_refused_with_fp8(tmp_path):
+    from fluxid_nb.config import ConfigError
+    t = _setup(tmp_path, quant_base='nf4', mixed_precision='bf16', max_train_steps=2, checkpoint_every_n_steps=2)
+    base = t.transformer.transformer_blocks[0].attn.to_q.base_layer
+    assert type(base).__name__ == 'Linear4bit' and base.weight.dtype == torch.uint8
+    res = t.run()
+    assert all(math.isfinite(l) for l in res.losses)
+    with pytest.raises(ConfigError, match='keep one'):
+        resolve_config('demo', env={'QUANT_BASE': 'nf4', 'FP8_BASE': '1'}, run_name='x')

@@ -1,0 +1,207 @@
+"""FLUX.1-dev LoRA training speed and memory on one GPU, with random weights (nothing is downloaded).
+
+    python bench/gpu_bench.py                 # H200: full-size transformer, ~8 min
+    python bench/gpu_bench.py --reduced       # CPU (CI): tiny width/depth, 1 timed step, same table
+
+For each base (bf16, FP8 storage, NF4), profile (fast: rank 32; final: rank 64, dropout 0.1) and resolution
+(512², 768², 1024²): LoRA training steps on cached-style inputs (latents + T5/CLIP embeddings, batch 1, checkpointing
+on), seconds/step, measured peak (CUDA: max_memory_allocated; CPU: profiler-allocated peak), the memory planner's
+prediction beside it, and the fraction of the bf16 FLOP floor reached (FLUX_FACTS.md: a LoRA step with a frozen
+base and checkpointing ≈ 3 × forward, forward ≈ 2 × params × tokens; H200 bf16 dense ≈ 790 TFLOP/s).
+Then the speed levers on one config: SDPA backends and torch.compile of the blocks."""
+from __future__ import annotations
+import argparse, contextlib, json, os, statistics, sys, time
+from pathlib import Path
+T0 = time.perf_counter()
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import torch
+
+H200_BF16_FLOPS = 790e12
+PROFILES = {'fast': dict(network_dim=32, network_alpha=32.0, network_dropout=0.0),
+            'final': dict(network_dim=64, network_alpha=64.0, network_dropout=0.1)}
+
+def build(device, dtype, double, single, width, seed=0):
+    "The transformer with random weights allocated straight on `device` (no fp32 copy, no download)."
+    from fluxid_nb.memory import meta_transformer
+    m = meta_transformer(double, single, num_attention_heads=width // 128).to(dtype).to_empty(device=device)
+    g = torch.Generator(device=device).manual_seed(seed)
+    with torch.no_grad():
+        for n, p in m.named_parameters():
+            if p.ndim == 1 and 'norm' in n: p.fill_(1.0)
+            elif n.endswith('bias'): p.zero_()
+            else: p.normal_(0, 0.02, generator=g)
+    return m
+
+class Peak:
+    "Peak allocated bytes over a block: CUDA allocator stats, or on CPU static bytes + torch.profiler's running sum."
+    def __init__(self, device, model, extra=0): self.device, self.model, self.extra = device, model, extra
+    def __enter__(self):
+        if self.device.type == 'cuda':
+            torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats(); self.prof = None
+        else:
+            from torch.profiler import profile, ProfilerActivity
+            self.prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True); self.prof.__enter__()
+        return self
+    def __exit__(self, *exc):
+        if self.prof is None:
+            torch.cuda.synchronize(); self.bytes = torch.cuda.max_memory_allocated(); return
+        self.prof.__exit__(*exc)
+        from fluxid_nb.memory import quantized_bytes
+        live = peak = 0
+        for e in sorted((e for e in self.prof.profiler.kineto_results.events() if e.name() == '[memory]'), key=lambda e: e.start_ns()):
+            live += e.nbytes(); peak = max(peak, live)
+        self.bytes = quantized_bytes(self.model) + self.extra + peak
+
+def _pct(x): return 'n/a (CPU)' if x is None else f'{x:.1%}'
+
+def floor_flops(params: int, tokens: int, batch: int = 1) -> float:
+    "FLUX_FACTS' floor for one LoRA step with checkpointing: 3 × (2 × params × tokens)."
+    return 3 * 2 * params * tokens * batch
+
+def run_case(args, device, base, profile, resolutions, budget_left):
+    from fluxid_nb.config import resolve_config
+    from fluxid_nb.train import add_lora, flow_loss, make_optimizer, Batch
+    from fluxid_nb.memory import plan_memory, architecture, quantize_nf4_, GB
+    dt = torch.bfloat16
+    arch = architecture(args.double, args.single, args.width)
+    t = time.perf_counter()
+    m = build(device, dt, args.double, args.single, args.width)
+    if base == 'fp8': m.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=torch.bfloat16)
+    if base == 'nf4': quantize_nf4_(m, compute_dtype=torch.bfloat16, device=device)
+    m.enable_gradient_checkpointing()
+    build_s = time.perf_counter() - t
+    rows = []
+    for res in resolutions:
+        if budget_left() < 0:
+            rows.append(dict(base=base, profile=profile, resolution=res, skipped='time budget')); continue
+        cfg = resolve_config('fast', env={}, run_name='gpu_bench', resolution=res, min_bucket_reso=min(256, res),
+                             max_bucket_reso=max(1024, res), t5_max_length=args.t5, fp8_base=base == 'fp8', **PROFILES[profile])
+        if not rows:  # one LoRA per (base, profile)
+            params = add_lora(m, cfg); opt = make_optimizer(params, cfg)
+        h = res // 8
+        g = torch.Generator().manual_seed(0)
+        batch = Batch(torch.randn(1, 16, h, h, generator=g), torch.rand(1, 16, h, h, generator=g) * 0.1,
+                      torch.randn(1, args.t5, 4096, generator=g), torch.randn(1, 768, generator=g), ['x'])
+        def step(i):
+            loss = flow_loss(m, batch, cfg, torch.Generator().manual_seed(i), device, dt)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            opt.step(); opt.zero_grad(set_to_none=True)
+            return loss
+        step(0)  # warm-up (allocator, kernels, optimizer state)
+        if device.type == 'cuda': torch.cuda.synchronize()
+        extra = sum(x.numel() * x.element_size() for x in (batch.mean, batch.std, batch.t5, batch.pooled))
+        times = []
+        with Peak(device, m, extra) as pk:
+            for i in range(args.steps):
+                t = time.perf_counter(); loss = step(i + 1)
+                if device.type == 'cuda': torch.cuda.synchronize()
+                times.append(time.perf_counter() - t)
+        sps = statistics.median(times)
+        tokens = (res // 16) ** 2 + args.t5
+        plan = plan_memory(cfg, arch=arch, base='bf16' if base == 'bf16' else base, device='cpu')
+        fl = floor_flops(arch.params, tokens)
+        rows.append(dict(base=base, profile=profile, resolution=res, tokens=tokens, sec_per_step=sps, peak_gib=pk.bytes / GB,
+                         planned_gib=plan.train_peak / GB, plan_error=plan.train_peak / pk.bytes - 1,
+                         floor_fraction=(fl / sps) / H200_BF16_FLOPS if device.type == 'cuda' else None,
+                         loss=float(loss), build_s=build_s))
+        print(f"  {base:<5} {profile:<6} {res:>5}²  {sps:8.3f} s/step  peak {pk.bytes/GB:7.3f} GiB  plan {plan.train_peak/GB:7.3f} GiB"
+              f"  ({rows[-1]['plan_error']:+.1%})  floor {_pct(rows[-1]['floor_fraction'])}", flush=True)
+    del m
+    if device.type == 'cuda': torch.cuda.empty_cache()
+    return rows
+
+def levers(args, device, budget_left):
+    "SDPA backends and torch.compile of the blocks, bf16 fast profile at the first resolution."
+    from torch.nn.attention import sdpa_kernel, SDPBackend
+    from fluxid_nb.config import resolve_config
+    from fluxid_nb.train import add_lora, flow_loss, make_optimizer, Batch
+    res = args.resolutions[0]
+    cfg = resolve_config('fast', env={}, run_name='levers', resolution=res, min_bucket_reso=min(256, res),
+                         max_bucket_reso=max(1024, res), t5_max_length=args.t5)
+    m = build(device, torch.bfloat16, args.double, args.single, args.width)
+    m.enable_gradient_checkpointing()
+    params = add_lora(m, cfg); opt = make_optimizer(params, cfg)
+    h = res // 8
+    batch = Batch(torch.randn(1, 16, h, h), torch.rand(1, 16, h, h) * 0.1, torch.randn(1, args.t5, 4096), torch.randn(1, 768), ['x'])
+    def timed(n=args.steps):
+        ts = []
+        for i in range(n + 1):
+            t = time.perf_counter()
+            loss = flow_loss(m, batch, cfg, torch.Generator().manual_seed(i), device, torch.bfloat16); loss.backward()
+            opt.step(); opt.zero_grad(set_to_none=True)
+            if device.type == 'cuda': torch.cuda.synchronize()
+            ts.append(time.perf_counter() - t)
+        return statistics.median(ts[1:]), ts[0]
+    backends = ([('default', None), ('flash', SDPBackend.FLASH_ATTENTION), ('efficient', SDPBackend.EFFICIENT_ATTENTION),
+                 ('cudnn', SDPBackend.CUDNN_ATTENTION)] if device.type == 'cuda' else [('default (flash for CPU)', None), ('math', SDPBackend.MATH)])
+    rows = []
+    for name, be in backends:
+        if budget_left() < 0: rows.append(dict(lever=f'sdpa {name}', skipped='time budget')); continue
+        try:
+            with (sdpa_kernel(be) if be else contextlib.nullcontext()): sps, first = timed()
+            rows.append(dict(lever=f'sdpa {name}', sec_per_step=sps))
+        except Exception as e: rows.append(dict(lever=f'sdpa {name}', error=str(e).splitlines()[0][:120]))
+        print(f"  lever {rows[-1]}", flush=True)
+    if device.type == 'cuda' and not args.no_compile and budget_left() > 120:
+        for b in [*m.transformer_blocks, *m.single_transformer_blocks]: b.compile()
+        try:
+            sps, first = timed()
+            rows.append(dict(lever='torch.compile blocks', sec_per_step=sps, first_step_s=first))
+        except Exception as e: rows.append(dict(lever='torch.compile blocks', error=str(e).splitlines()[0][:120]))
+        print(f"  lever {rows[-1]}", flush=True)
+    else:
+        rows.append(dict(lever='torch.compile blocks', skipped='CPU: compile time exceeds the run' if device.type != 'cuda' else 'time budget'))
+    return rows
+
+def table(rows, lever_rows, device_name) -> str:
+    out = [f"device: {device_name}",
+           "| base | profile | resolution | tokens | s/step | peak GiB | planner GiB | planner error | bf16 FLOP-floor fraction |",
+           "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        if 'skipped' in r: out.append(f"| {r['base']} | {r['profile']} | {r['resolution']}² | | skipped ({r['skipped']}) | | | | |"); continue
+        out.append(f"| {r['base']} | {r['profile']} | {r['resolution']}² | {r['tokens']} | {r['sec_per_step']:.3f} | {r['peak_gib']:.3f} | "
+                   f"{r['planned_gib']:.3f} | {r['plan_error']:+.1%} | {_pct(r['floor_fraction'])} |")
+    out += ['', "| speed lever (bf16, fast, first resolution) | s/step |", "|---|---:|"]
+    for r in lever_rows:
+        out.append(f"| {r['lever']} | {r.get('sec_per_step', float('nan')):.3f} |" if 'sec_per_step' in r
+                   else f"| {r['lever']} | {r.get('skipped') or r.get('error')} |")
+    return '\n'.join(out)
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument('--reduced', action='store_true', help='CPU: width 128, 1 double + 1 single block, T5 16 tokens, 1 timed step')
+    ap.add_argument('--out', default=str(ROOT/'output'/'bench'))
+    ap.add_argument('--budget-s', type=float, default=480, help='stop starting new cases after this many seconds')
+    ap.add_argument('--bases', default='bf16,fp8,nf4'); ap.add_argument('--profiles', default='fast,final')
+    ap.add_argument('--no-compile', action='store_true')
+    a = ap.parse_args(argv)
+    if a.reduced:
+        a.device, a.double, a.single, a.width, a.t5, a.steps, a.resolutions = 'cpu', 1, 1, 128, 16, 1, [256, 320, 384]
+    else:
+        if not torch.cuda.is_available(): sys.exit("no CUDA device: run with --reduced on CPU")
+        a.device, a.double, a.single, a.width, a.t5, a.steps, a.resolutions = 'cuda', 19, 38, 3072, 512, 3, [512, 768, 1024]
+    device = torch.device(a.device)
+    name = torch.cuda.get_device_name(0) if device.type == 'cuda' else f'CPU ({os.cpu_count()} cores), reduced mode'
+    budget_left = lambda: a.budget_s - (time.perf_counter() - T0)
+    print(f"gpu_bench on {name}: {a.double}+{a.single} blocks × {a.width}, T5 {a.t5} tokens, {a.steps} timed step(s)", flush=True)
+    rows = []
+    for base in a.bases.split(','):
+        for prof in a.profiles.split(','):
+            if budget_left() < 0: rows += [dict(base=base, profile=prof, resolution=r, skipped='time budget') for r in a.resolutions]; continue
+            try: rows += run_case(a, device, base, prof, a.resolutions, budget_left)
+            except torch.OutOfMemoryError as e:
+                rows += [dict(base=base, profile=prof, resolution=r, skipped='out of memory') for r in a.resolutions]
+                torch.cuda.empty_cache()
+    lever_rows = levers(a, device, budget_left)
+    md = table(rows, lever_rows, name)
+    out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
+    stem = 'gpu_bench_reduced' if a.reduced else 'gpu_bench'
+    (out/f'{stem}.json').write_text(json.dumps(dict(device=name, args={k: v for k, v in vars(a).items()}, rows=rows, levers=lever_rows,
+                                                    wall_s=time.perf_counter() - T0), indent=1, default=str))
+    (out/f'{stem}.md').write_text(f"# gpu_bench ({'reduced, CPU' if a.reduced else 'full size'})\n\n{md}\n")
+    print(md); print(f"wall {time.perf_counter() - T0:.0f} s")
+    return rows, lever_rows
+
+if __name__ == '__main__': main()
