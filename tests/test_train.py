@@ -200,3 +200,18 @@ def test_two_processes_end_identical_and_only_rank0_writes(tmp_path):
     steps = [json.loads(l)['step'] for l in (run/'metrics.jsonl').read_text().splitlines() if '"loss"' in l]
     assert steps == list(range(1, 7))                     # written once, by rank 0
     assert p.stdout.count('LoRA weights identical across 2 processes: True') == 1
+
+
+def test_dataset_errors_stop_training_unless_overridden(tmp_path):
+    "Fewer than 15 images is an error-level finding: the trainer refuses and prints it; the override trains anyway."
+    import shutil
+    from fluxid_nb.demo import demo_subject
+    from fluxid_nb.train import DatasetRefused
+    small = demo_subject(tmp_path/'full', layout='flat')
+    for p in sorted(small.glob('subject_1[0-7].*')): p.unlink()   # 10 images left
+    with pytest.raises(DatasetRefused, match='15') as e:
+        Trainer(demo_cfg(tmp_path, data_dir=str(small), max_train_steps=2), **QUIET).setup()
+    assert 'FLUXID_IGNORE_DATASET_ERRORS=1' in str(e.value)
+    res = Trainer(demo_cfg(tmp_path, run_name='forced', data_dir=str(small), max_train_steps=2, ignore_dataset_errors=True,
+                           holdout_images=0, checkpoint_every_n_steps=2), **QUIET).run()
+    assert res.steps == 2

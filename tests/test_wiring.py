@@ -173,3 +173,20 @@ def test_nf4_base_trains_and_is_refused_with_fp8(tmp_path):
     assert all(math.isfinite(l) for l in res.losses)
     with pytest.raises(ConfigError, match='keep one'):
         resolve_config('demo', env={'QUANT_BASE': 'nf4', 'FP8_BASE': '1'}, run_name='x')
+
+
+def test_sample_settings_and_checkpoint_retention(tmp_path, monkeypatch):
+    from diffusers import FluxPipeline
+    seen = []
+    real = FluxPipeline.__call__
+    def rec(self, *a, **k):
+        seen.append((k['num_inference_steps'], k['guidance_scale'], k['generator'].initial_seed(), k['height']))
+        return real(self, *a, **k)
+    monkeypatch.setattr(FluxPipeline, '__call__', rec)
+    t = _setup(tmp_path, max_train_steps=4, sample_every_n_steps=4, sample_steps=3, sample_guidance=2.0, sample_seed=77,
+               checkpoint_every_n_steps=2, keep_last_n_checkpoints=1)
+    t.run()
+    n = len(t.prompts)
+    assert seen == [(3, 2.0, 77 + i, t.cfg.resolution) for i in range(n)] * 2      # step 0 and step 4, fixed seeds
+    from fluxid_nb import lora_io
+    assert [p.name for p in lora_io.list_checkpoints(t.run_dir/'checkpoints')] == ['step_000004']
