@@ -3,11 +3,12 @@
     python bench/gpu_bench.py                 # H200: full-size transformer, ~8 min
     python bench/gpu_bench.py --reduced       # CPU (CI): tiny width/depth, 1 timed step, same table
 
-For each base (bf16, FP8 storage, NF4), profile (fast: rank 32; final: rank 64, dropout 0.1) and resolution
-(512², 768², 1024²): LoRA training steps on cached-style inputs (latents + T5/CLIP embeddings, batch 1, checkpointing
-on), seconds/step, measured peak (CUDA: max_memory_allocated; CPU: profiler-allocated peak), the memory planner's
-prediction beside it, and the fraction of the bf16 FLOP floor reached (FLUX_FACTS.md: a LoRA step with a frozen
-base and checkpointing ≈ 3 × forward, forward ≈ 2 × params × tokens; H200 bf16 dense ≈ 790 TFLOP/s).
+For each base (bf16, FP8 storage via fluxid's fp8_base_, NF4; `--bases` also takes fp8_layerwise: diffusers' casting,
+for comparison), profile (fast: rank 32; final: rank 64, dropout 0.1) and resolution (512², 768², 1024²): LoRA
+training steps on cached-style inputs (latents + T5/CLIP embeddings, batch 1, checkpointing on), seconds/step,
+measured peak (CUDA: max_memory_allocated; CPU: profiler-allocated peak), the memory planner's prediction beside it,
+and the fraction of the bf16 FLOP floor reached (FLUX_FACTS.md: a LoRA step with a frozen base and checkpointing
+≈ 3 × forward, forward ≈ 2 × params × tokens; H200 bf16 dense ≈ 790 TFLOP/s).
 Then the speed levers on one config: SDPA backends and torch.compile of the blocks."""
 from __future__ import annotations
 import argparse, contextlib, json, os, statistics, sys, time
@@ -62,12 +63,13 @@ def floor_flops(params: int, tokens: int, batch: int = 1) -> float:
 def run_case(args, device, base, profile, resolutions, budget_left):
     from fluxid_nb.config import resolve_config
     from fluxid_nb.train import add_lora, flow_loss, make_optimizer, Batch
-    from fluxid_nb.memory import plan_memory, architecture, quantize_nf4_, GB
+    from fluxid_nb.memory import plan_memory, architecture, quantize_nf4_, fp8_base_, GB
     dt = torch.bfloat16
     arch = architecture(args.double, args.single, args.width)
     t = time.perf_counter()
     m = build(device, dt, args.double, args.single, args.width)
-    if base == 'fp8': m.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=torch.bfloat16)
+    if base == 'fp8': fp8_base_(m, compute_dtype=torch.bfloat16)  # what FP8_BASE=1 sets up (load_transformer)
+    if base == 'fp8_layerwise': m.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=torch.bfloat16)
     if base == 'nf4': quantize_nf4_(m, compute_dtype=torch.bfloat16, device=device)
     m.enable_gradient_checkpointing()
     build_s = time.perf_counter() - t
@@ -76,7 +78,7 @@ def run_case(args, device, base, profile, resolutions, budget_left):
         if budget_left() < 0:
             rows.append(dict(base=base, profile=profile, resolution=res, skipped='time budget')); continue
         cfg = resolve_config('fast', env={}, run_name='gpu_bench', resolution=res, min_bucket_reso=min(256, res),
-                             max_bucket_reso=max(1024, res), t5_max_length=args.t5, fp8_base=base == 'fp8', **PROFILES[profile])
+                             max_bucket_reso=max(1024, res), t5_max_length=args.t5, fp8_base=base.startswith('fp8'), **PROFILES[profile])
         if not rows:  # one LoRA per (base, profile)
             params = add_lora(m, cfg); opt = make_optimizer(params, cfg)
         h = res // 8
@@ -100,7 +102,7 @@ def run_case(args, device, base, profile, resolutions, budget_left):
                 times.append(time.perf_counter() - t)
         sps = statistics.median(times)
         tokens = (res // 16) ** 2 + args.t5
-        plan = plan_memory(cfg, arch=arch, base='bf16' if base == 'bf16' else base, device='cpu')
+        plan = plan_memory(cfg, arch=arch, base='fp8' if base == 'fp8_layerwise' else base, device='cpu')  # layerwise: not modelled
         fl = floor_flops(arch.params, tokens)
         rows.append(dict(base=base, profile=profile, resolution=res, tokens=tokens, sec_per_step=sps, peak_gib=pk.bytes / GB,
                          planned_gib=plan.train_peak / GB, plan_error=plan.train_peak / pk.bytes - 1,
@@ -174,7 +176,9 @@ def main(argv=None):
     ap.add_argument('--reduced', action='store_true', help='CPU: width 128, 1 double + 1 single block, T5 16 tokens, 1 timed step')
     ap.add_argument('--out', default=str(ROOT/'output'/'bench'))
     ap.add_argument('--budget-s', type=float, default=480, help='stop starting new cases after this many seconds')
-    ap.add_argument('--bases', default='bf16,fp8,nf4'); ap.add_argument('--profiles', default='fast,final')
+    ap.add_argument('--bases', default='bf16,fp8,nf4', help="comma list of bf16, fp8 (fluxid's fp8_base_), "
+                    "fp8_layerwise (diffusers' enable_layerwise_casting, for comparison), nf4")
+    ap.add_argument('--profiles', default='fast,final')
     ap.add_argument('--no-compile', action='store_true')
     a = ap.parse_args(argv)
     if a.reduced:

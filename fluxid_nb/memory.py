@@ -12,11 +12,12 @@ from .config import Config, resolve_config, repo_root
 
 # %% auto #0
 __all__ = ['FLUX_DEV', 'T5_XXL', 'CLIP_L', 'FLUX_AE', 'GB', 'BACKWARD_TRANSIENT', 'CUDA_CONTEXT_GB', 'ALLOCATOR_SLACK',
-           'NF4_BYTES', 'LEVERS', 'VALIDATION_SPECS', 'VALIDATION_PREAMBLE', 'meta_transformer', 'nf4_eligible', 'Arch',
-           'architecture', 'targets_regex', 'lora_params', 'compute_dtype', 'saved_activations', 'encoder_params',
-           'Plan', 'detect_device', 'image_tokens', 'plan_memory', 'suggest', 'format_plan', 'memory_report',
-           'quantize_nf4_', 'quantized_bytes', 'run_spec', 'spec_config', 'measure_peak', 'predict_spec', 'spec_label',
-           'validation_rows', 'validation_markdown', 'write_validation']
+           'NF4_BYTES', 'LEVERS', 'VALIDATION_SPECS', 'REFERENCE_SPECS', 'VALIDATION_PREAMBLE', 'meta_transformer',
+           'nf4_eligible', 'fp8_eligible', 'Arch', 'architecture', 'Fp8Linear', 'fp8_base_', 'targets_regex',
+           'lora_params', 'compute_dtype', 'saved_activations', 'encoder_params', 'Plan', 'detect_device',
+           'image_tokens', 'plan_memory', 'suggest', 'format_plan', 'memory_report', 'quantize_nf4_', 'quantized_bytes',
+           'run_spec', 'spec_config', 'measure_peak', 'predict_spec', 'spec_label', 'validation_rows', 'reference_rows',
+           'validation_markdown', 'reference_markdown', 'write_validation']
 
 # %% ../nbs/05_memory.ipynb #a9cd2dd2
 FLUX_DEV = dict(patch_size=1, in_channels=64, out_channels=None, num_layers=19, num_single_layers=38,
@@ -41,15 +42,17 @@ def meta_transformer(double: int = 19, # double-stream blocks
 
 # %% ../nbs/05_memory.ipynb #7882a3e8
 _FP8_SKIP = ('pos_embed', 'norm')  # FluxTransformer2DModel._skip_layerwise_casting_patterns (diffusers 0.42)
+_BLOCKS = ('transformer_blocks.', 'single_transformer_blocks.')
 
 def nf4_eligible(name: str, module) -> bool:
     "Linears that `quantize_nf4_` replaces: inside the blocks, both sides multiples of 64 (bitsandbytes 4-bit blocks)."
-    return (isinstance(module, torch.nn.Linear) and name.startswith(('transformer_blocks.', 'single_transformer_blocks.'))
+    return (isinstance(module, torch.nn.Linear) and name.startswith(_BLOCKS)
             and module.in_features % 64 == 0 and module.out_features % 64 == 0)
 
-def _fp8_cast(name: str, module) -> bool:
-    from diffusers.hooks._common import _GO_LC_SUPPORTED_PYTORCH_LAYERS
-    return isinstance(module, _GO_LC_SUPPORTED_PYTORCH_LAYERS) and not any(re.search(p, name) for p in _FP8_SKIP)
+def fp8_eligible(name: str, module) -> bool:
+    "Linears that `fp8_base_` stores in float8: inside the blocks, minus those diffusers' casting skips (adaLN)."
+    return (type(module) is torch.nn.Linear and name.startswith(_BLOCKS)
+            and not any(re.search(p, name) for p in _FP8_SKIP))
 
 @dataclass(frozen=True)
 class Arch:
@@ -59,9 +62,7 @@ class Arch:
     width: int
     heads: int
     params: int        # all parameters
-    fp8_params: int    # weights+biases that FP8 layerwise casting stores in float8
-    fp8_block: int     # of which in the largest block (its bf16 copies live while that block is differentiated)
-    fp8_outside: int   # of which outside the blocks (their bf16 copies live for the whole step)
+    fp8_params: int    # weights+biases that fp8_base_ stores in float8
     nf4_weights: int   # Linear weights that quantize_nf4_ stores in 4 bit
     linears: tuple     # (name, in, out) of every Linear (LoRA targets are matched against these)
 
@@ -70,18 +71,50 @@ def architecture(double: int = 19, single: int = 38, width: int = 3072) -> Arch:
     "Counts from the model built on meta (default: FLUX.1-dev)."
     heads = width // FLUX_DEV['attention_head_dim']
     m = meta_transformer(double, single, num_attention_heads=heads)
-    fp8, nf4, per_block, lin = 0, 0, {}, []
+    fp8, nf4, lin = 0, 0, []
     for name, mod in m.named_modules():
-        own = sum(p.numel() for p in mod.parameters(recurse=False))
-        if _fp8_cast(name, mod):
-            fp8 += own
-            blk = '.'.join(name.split('.')[:2]) if name.startswith(('transformer_blocks.', 'single_transformer_blocks.')) else 'outside'
-            per_block[blk] = per_block.get(blk, 0) + own
+        if fp8_eligible(name, mod): fp8 += sum(p.numel() for p in mod.parameters(recurse=False))
         if nf4_eligible(name, mod): nf4 += mod.weight.numel()
         if isinstance(mod, torch.nn.Linear): lin.append((name, mod.in_features, mod.out_features))
-    outside = per_block.pop('outside', 0)
-    return Arch(double, single, width, heads, sum(p.numel() for p in m.parameters()), fp8, max(per_block.values(), default=0),
-                outside, nf4, tuple(lin))
+    return Arch(double, single, width, heads, sum(p.numel() for p in m.parameters()), fp8, nf4, tuple(lin))
+
+# %% ../nbs/05_memory.ipynb #108ebb80
+class _Fp8Matmul(torch.autograd.Function):
+    "x·Wᵀ + b with W stored in float8: W is up-cast for the matmul only, and backward re-casts it instead of keeping a copy."
+    @staticmethod
+    def forward(ctx, x, weight, bias, dtype):
+        ctx.dtype = dtype
+        ctx.save_for_backward(weight)  # the float8 parameter itself: no new memory
+        return torch.nn.functional.linear(x, weight.to(dtype), None if bias is None else bias.to(dtype))
+    @staticmethod
+    def backward(ctx, grad):
+        weight, = ctx.saved_tensors
+        return (grad.matmul(weight.to(ctx.dtype)) if ctx.needs_input_grad[0] else None), None, None, None
+
+class Fp8Linear(torch.nn.Linear):
+    "A frozen Linear stored in float8 that computes in `compute_dtype`; `weight`, `bias` and the features as in nn.Linear."
+    compute_dtype = torch.bfloat16  # peft creates LoRA weights in this dtype (it reads `compute_dtype` of the base layer)
+    def forward(self, x):
+        if self.weight.requires_grad: raise RuntimeError("Fp8Linear is frozen: its float8 weight cannot be trained")
+        return _Fp8Matmul.apply(x, self.weight, self.bias, self.compute_dtype)
+    def extra_repr(self): return f"{super().extra_repr()}, storage={self.weight.dtype}, compute={self.compute_dtype}"
+    @classmethod
+    def from_linear(cls, lin: torch.nn.Linear, compute_dtype=torch.bfloat16, storage_dtype=torch.float8_e4m3fn):
+        "An Fp8Linear holding `lin`'s weight and bias, cast plainly (no scale) to `storage_dtype`."
+        q = cls(lin.in_features, lin.out_features, bias=lin.bias is not None, device='meta')
+        q.weight = torch.nn.Parameter(lin.weight.detach().to(storage_dtype), requires_grad=False)
+        if lin.bias is not None: q.bias = torch.nn.Parameter(lin.bias.detach().to(storage_dtype), requires_grad=False)
+        q.compute_dtype = compute_dtype
+        return q.train(lin.training)
+
+def fp8_base_(transformer,                            # a loaded FluxTransformer2DModel (before add_lora)
+              compute_dtype: torch.dtype = torch.bfloat16) -> int:
+    "Store the block Linears of `transformer` in float8 (`Fp8Linear`), in place; returns how many."
+    names = [name for name, mod in transformer.named_modules() if fp8_eligible(name, mod)]
+    for name in names:  # by name: each bf16 weight is freed as soon as its float8 layer replaces it
+        parent, _, child = name.rpartition('.')
+        setattr(transformer.get_submodule(parent), child, Fp8Linear.from_linear(transformer.get_submodule(name), compute_dtype))
+    return len(names)
 
 # %% ../nbs/05_memory.ipynb #0bde1f92
 def targets_regex(patterns) -> str:
@@ -152,12 +185,11 @@ def _count_saved(width, img_tokens, txt_tokens, batch, dtype, targets, rank, bas
     from fluxid_nb.train import add_lora
     m = (meta_transformer(1, 1, num_attention_heads=width // 128).to(dtype) if device == 'meta'
          else _random_flux(dict(double=1, single=1, width=width), dtype))  # a real CPU run, to check the meta count
-    if base == 'fp8': m.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=torch.bfloat16)
+    if base == 'fp8': fp8_base_(m, compute_dtype=torch.bfloat16)
     cfg = resolve_config('fast', env={}, run_name='count', network_dim=rank, lora_targets=list(targets))
     add_lora(m, cfg)
     # storage identities are addresses: the stored weights and every counted tensor are kept alive so that no later
-    # tensor reuses an address. FP8 casting swaps a weight's storage for a bf16 copy during its forward; autograd keeps
-    # that copy (it is not the stored weight), so it is counted.
+    # tensor reuses an address. An Fp8Linear saves only its float8 weight (a parameter: not counted).
     keep = [p.data for p in m.parameters()]
     params = {t.untyped_storage()._cdata for t in keep}
     where, seen, external = ['outside'], set(), set()
@@ -270,12 +302,7 @@ def plan_memory(cfg: Config,                 # the resolved run config
     stored = s['io_embed'] + arch.double * s['io_double'] + arch.single * s['io_single'] + s['outside']
     inner = (max(s['double'] if arch.double else 0, s['single'] if arch.single else 0) if cfg.gradient_checkpointing
              else arch.double * s['double'] + arch.single * s['single'])
-    if kind == 'fp8' and cfg.gradient_checkpointing:
-        # measured: with checkpointing the bf16 weight copies of *every* block stay alive until backward, not one block's
-        p0 = _count_saved(arch.width, n_img, n_txt, cfg.train_batch_size, dt, tuple(cfg.lora_targets), cfg.network_dim, 'plain')
-        c_d, c_s = s['double'] - p0['double'], s['single'] - p0['single']
-        top = c_d if (s['double'] if arch.double else 0) >= (s['single'] if arch.single else 0) else c_s
-        inner += arch.double * c_d + arch.single * c_s - top
+    # FP8: Fp8Linear's up-cast bf16 weight (≤ 90 MiB on FLUX.1-dev) lives for one matmul, not at the peak (measured)
     transient = BACKWARD_TRANSIENT * s['io_single']
     opt_step = n_lora * 8 if cfg.optimizer == 'adamw' else 0  # foreach AdamW temporaries, only while activations are freed
     act = stored + inner + transient
@@ -414,7 +441,8 @@ def run_spec(spec: dict) -> dict:
     base, dt = spec.get('base', 'bf16'), compute_dtype(spec_config(spec))
     rss0 = _rss_bytes()
     m = _random_flux(spec, dt)
-    if base == 'fp8': m.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=torch.bfloat16)
+    if base == 'fp8': fp8_base_(m, compute_dtype=torch.bfloat16)
+    if base == 'fp8_layerwise': m.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=torch.bfloat16)
     if base == 'nf4': quantize_nf4_(m, compute_dtype=torch.bfloat16)
     if cfg.gradient_checkpointing: m.enable_gradient_checkpointing()
     params = add_lora(m, cfg)
@@ -444,14 +472,15 @@ def run_spec(spec: dict) -> dict:
 
 def spec_config(spec: dict) -> Config:
     "The fluxid config a measurement spec stands for (fast profile + the spec's settings)."
-    mp = {'bf16': 'bf16', 'fp8': 'bf16', 'nf4': 'bf16', 'fp32': 'no', 'fp16': 'fp16'}[spec.get('base', 'bf16')]
+    mp = {'bf16': 'bf16', 'fp8': 'bf16', 'fp8_layerwise': 'bf16', 'nf4': 'bf16', 'fp32': 'no', 'fp16': 'fp16'}[spec.get('base', 'bf16')]
     return resolve_config('fast', env={}, run_name='measure', network_dim=spec.get('rank', 32), resolution=spec['resolution'],
                           min_bucket_reso=min(256, spec['resolution']), max_bucket_reso=max(1024, spec['resolution']),
                           train_batch_size=spec.get('batch', 1), gradient_checkpointing=spec.get('gc', True),
-                          mixed_precision=mp, fp8_base=spec.get('base') == 'fp8', optimizer=spec.get('optimizer', 'adamw'),
+                          mixed_precision=mp, fp8_base=spec.get('base', '').startswith('fp8'), optimizer=spec.get('optimizer', 'adamw'),
                           t5_max_length=spec.get('t5', 512))
 
-def measure_peak(spec: dict, timeout: int = 900) -> dict:
+def measure_peak(spec: dict,     # base: 'bf16'|'fp16'|'fp32'|'fp8' (fp8_base_)|'fp8_layerwise' (diffusers)|'nf4'
+                 timeout: int = 900) -> dict:
     "run_spec in a fresh Python process (clean RSS baseline, allocator tuned to return memory)."
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_='65536', MALLOC_TRIM_THRESHOLD_='0', PYTHONWARNINGS='ignore')
     code = ("import json,sys; from fluxid_nb.memory import run_spec; "
@@ -465,6 +494,7 @@ def predict_spec(spec: dict) -> Plan:
     "The planner's prediction for a measurement spec (CPU: no context overhead)."
     cfg = spec_config(spec)
     base = spec.get('base', 'bf16')
+    if base == 'fp8_layerwise': raise ValueError("the planner models fp8_base_ (base 'fp8'), not diffusers' layerwise casting")
     return plan_memory(cfg, arch=architecture(spec['double'], spec['single'], spec.get('width', 3072)),
                        base=base, device='cpu')
 
@@ -476,7 +506,7 @@ VALIDATION_SPECS = [  # the first one calibrates BACKWARD_TRANSIENT; the others 
     dict(double=1, single=1, resolution=768),
     dict(double=1, single=1, resolution=512, batch=2),
     dict(double=1, single=1, resolution=512, base='fp8'),
-    dict(double=2, single=1, resolution=512, base='fp8'),
+    dict(double=2, single=2, resolution=512, base='fp8'),
     dict(double=1, single=1, resolution=512, base='fp8', gc=False),
     dict(double=1, single=1, resolution=512, base='nf4', optimizer='adamw8bit'),
     dict(double=1, single=1, resolution=512, rank=128),
@@ -503,6 +533,21 @@ def validation_rows(specs=None, log=print) -> list[dict]:
             f"({row['error_vs_allocated']:+.1%})  rss {row['rss_gib']:.3f} ({row['error_vs_rss']:+.1%})  {row['seconds_per_step']:.1f} s/step")
     return rows
 
+REFERENCE_SPECS = [  # measured only, not modelled: FP8_BASE as it was before fp8_base_ (diffusers' layerwise casting)
+    dict(double=2, single=2, resolution=512, base='fp8_layerwise'),
+]
+
+def reference_rows(specs=None, log=print) -> list[dict]:
+    "Measure configurations the planner does not model (each in its own process), for comparison."
+    rows = []
+    for spec in specs or REFERENCE_SPECS:
+        t0 = time.time()
+        m = measure_peak(spec)
+        rows.append(dict(config=spec_label(spec), spec=spec, allocated_gib=m['allocated_peak'] / GB, rss_gib=m['rss_delta'] / GB,
+                         seconds_per_step=m['seconds_per_step'], wall_s=time.time() - t0))
+        log(f"  {rows[-1]['config']:<40} allocated {rows[-1]['allocated_gib']:.3f}  rss {rows[-1]['rss_gib']:.3f}")
+    return rows
+
 def validation_markdown(rows: list[dict]) -> str:
     "The validation table as markdown."
     out = ["| configuration (full width 3072, T5 512 tokens) | predicted GiB | allocated peak GiB | error | RSS delta GiB | error | s/step |",
@@ -511,14 +556,22 @@ def validation_markdown(rows: list[dict]) -> str:
             f"{r['rss_gib']:.3f} | {r['error_vs_rss']:+.1%} | {r['seconds_per_step']:.1f} |" for r in rows]
     return '\n'.join(out)
 
-def write_validation(rows: list[dict], folder: Path | None = None) -> Path:
+def reference_markdown(rows: list[dict]) -> str:
+    "The measured-only rows as markdown."
+    out = ["| measured only, not modelled (full width 3072, T5 512 tokens) | allocated peak GiB | RSS delta GiB | s/step |",
+           "|---|---:|---:|---:|"]
+    return '\n'.join(out + [f"| {r['config']} | {r['allocated_gib']:.3f} | {r['rss_gib']:.3f} | {r['seconds_per_step']:.1f} |" for r in rows])
+
+def write_validation(rows: list[dict], folder: Path | None = None, reference: list[dict] | None = None) -> Path:
     "docs/memory_validation.md and .json."
     folder = Path(folder or repo_root()/'docs')
     folder.mkdir(parents=True, exist_ok=True)
     (folder/'memory_validation.json').write_text(json.dumps(dict(
-        backward_transient=BACKWARD_TRANSIENT, torch=torch.__version__, cpu_threads=torch.get_num_threads(), rows=rows), indent=1))
+        backward_transient=BACKWARD_TRANSIENT, torch=torch.__version__, cpu_threads=torch.get_num_threads(), rows=rows,
+        reference_rows=reference or []), indent=1))
     md = (folder/'memory_validation.md')
-    md.write_text(VALIDATION_PREAMBLE + '\n' + validation_markdown(rows) + '\n')
+    md.write_text(VALIDATION_PREAMBLE + '\n' + validation_markdown(rows) + '\n'
+                  + ('\n' + reference_markdown(reference) + '\n' if reference else ''))
     return md
 
 VALIDATION_PREAMBLE = """# Memory planner: predicted vs measured peak (CPU)
@@ -541,11 +594,10 @@ Reading the table:
 - NF4: the process's RSS peak is the bf16 model *before* quantization (the reduced model is built in bf16, then
   quantized); training itself peaks at the allocated value. On a GPU `quantize_nf4_(..., device='cuda')` quantizes
   layer by layer, so the device never holds the bf16 model.
-- FP8 (diffusers layerwise casting, as `load_transformer` sets it up): the bf16 copies the casting hooks make stay
-  alive until backward for *every* block, even with gradient checkpointing (2d+1s costs one double block's copies more
-  than 1d+1s; confirmed at width 1024 with 1 vs 4 blocks). The planner counts them; it predicts FP8_BASE above bf16 for
-  the full model. Without checkpointing FP8 is ~0.35 GiB above the prediction (about the size of the fp8 weights once
-  more), not understood yet: the worst row.
-- The FP8 rows were measured in a second pass (same method, fresh processes); all predictions are from the final
-  planner code.
+- FP8 (`fp8_base_`, what FP8_BASE=1 sets up): the block Linears are stored in float8 and up-cast to bf16 inside one
+  matmul; autograd keeps only the float8 weight. Compare `2d+2s fp8` with `2d+2s bf16`: the difference is the float8
+  bytes saved. The second table is FP8_BASE as it was before, diffusers' `enable_layerwise_casting` on the same model:
+  it peaks *above* bf16, because autograd keeps every cast's bf16 weight copy until backward, for every block, even with
+  gradient checkpointing. The planner models `fp8_base_` only. On CPU a float8 step is ~25% slower than bf16 (the
+  weight casts in forward, recomputation and backward); diffusers' casting is as slow.
 """
