@@ -24,15 +24,8 @@ PROFILES = {'fast': dict(network_dim=32, network_alpha=32.0, network_dropout=0.0
 
 def build(device, dtype, double, single, width, seed=0):
     "The transformer with random weights allocated straight on `device` (no fp32 copy, no download)."
-    from fluxid_nb.memory import meta_transformer
-    m = meta_transformer(double, single, num_attention_heads=width // 128).to(dtype).to_empty(device=device)
-    g = torch.Generator(device=device).manual_seed(seed)
-    with torch.no_grad():
-        for n, p in m.named_parameters():
-            if p.ndim == 1 and 'norm' in n: p.fill_(1.0)
-            elif n.endswith('bias'): p.zero_()
-            else: p.normal_(0, 0.02, generator=g)
-    return m
+    from fluxid_nb.memory import random_flux
+    return random_flux(double, single, width, dtype, device=device, seed=seed)
 
 class Peak:
     "Peak allocated bytes over a block: CUDA allocator stats, or on CPU static bytes + torch.profiler's running sum."

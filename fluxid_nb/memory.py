@@ -14,10 +14,10 @@ from .config import Config, resolve_config, repo_root
 __all__ = ['FLUX_DEV', 'T5_XXL', 'CLIP_L', 'FLUX_AE', 'GB', 'BACKWARD_TRANSIENT', 'CUDA_CONTEXT_GB', 'ALLOCATOR_SLACK',
            'NF4_BYTES', 'LEVERS', 'VALIDATION_SPECS', 'REFERENCE_SPECS', 'VALIDATION_PREAMBLE', 'meta_transformer',
            'nf4_eligible', 'fp8_eligible', 'Arch', 'architecture', 'Fp8Linear', 'fp8_base_', 'targets_regex',
-           'lora_params', 'compute_dtype', 'saved_activations', 'encoder_params', 'Plan', 'detect_device',
-           'image_tokens', 'plan_memory', 'suggest', 'format_plan', 'memory_report', 'quantize_nf4_', 'quantized_bytes',
-           'run_spec', 'spec_config', 'measure_peak', 'predict_spec', 'spec_label', 'validation_rows', 'reference_rows',
-           'validation_markdown', 'reference_markdown', 'write_validation']
+           'lora_params', 'compute_dtype', 'random_flux', 'saved_activations', 'encoder_params', 'Plan',
+           'detect_device', 'image_tokens', 'plan_memory', 'suggest', 'format_plan', 'memory_report', 'quantize_nf4_',
+           'quantized_bytes', 'run_spec', 'spec_config', 'measure_peak', 'predict_spec', 'spec_label',
+           'validation_rows', 'reference_rows', 'validation_markdown', 'reference_markdown', 'write_validation']
 
 # %% ../nbs/05_memory.ipynb #a9cd2dd2
 FLUX_DEV = dict(patch_size=1, in_channels=64, out_channels=None, num_layers=19, num_single_layers=38,
@@ -168,17 +168,18 @@ def compute_dtype(cfg) -> torch.dtype:
     if _base(cfg) != 'plain': return torch.bfloat16
     return {'bf16': torch.bfloat16, 'fp16': torch.float16, 'no': torch.float32}[cfg.mixed_precision]
 
-def _random_flux(spec, dtype):
-    "A reduced-depth FLUX.1-dev transformer with random weights, allocated directly in `dtype`."
-    m = meta_transformer(spec['double'], spec['single'], num_attention_heads=spec.get('width', 3072) // 128).to(dtype)
-    m = m.to_empty(device='cpu')
-    g = torch.Generator().manual_seed(0)
+def random_flux(double: int, single: int, width: int = 3072, dtype=torch.bfloat16, device='cpu', seed: int = 0):
+    "A reduced-depth FLUX.1-dev transformer with random weights, allocated directly in `dtype` on `device` (no download)."
+    m = meta_transformer(double, single, num_attention_heads=width // 128).to(dtype).to_empty(device=device)
+    g = torch.Generator(device=device).manual_seed(seed)
     with torch.no_grad():
         for n, p in m.named_parameters():
             if p.ndim == 1 and 'norm' in n: p.fill_(1.0)
             elif n.endswith('bias'): p.zero_()
             else: p.normal_(0, 0.02, generator=g)
     return m
+
+def _random_flux(spec, dtype): return random_flux(spec['double'], spec['single'], spec.get('width', 3072), dtype)
 
 @functools.lru_cache(maxsize=64)
 def _count_saved(width, img_tokens, txt_tokens, batch, dtype, targets, rank, base, device='meta') -> dict:
