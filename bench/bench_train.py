@@ -32,8 +32,9 @@ def child(job: dict) -> dict:
                              run_name=job['run'], max_train_steps=job['steps'], sample_every_n_steps=0,
                              checkpoint_every_n_steps=10_000, holdout_images=2, resolution=job['resolution'],
                              network_dim=job['rank'], network_alpha=job['rank'], t5_max_length=job['t5_len'])
+        from fluxid_nb.analyze import dataset_gate
         tr = Trainer(cfg, log=lambda *a: None)
-        t = time.perf_counter(); tr.setup(); setup = time.perf_counter() - t
+        t = time.perf_counter(); dataset_gate(cfg, log=lambda *a: None); tr.setup(); setup = time.perf_counter() - t  # what `fluxid train` does
         step = tr.optimizer.step
         def timed(*a, **k):
             r = step(*a, **k); stamps.append(time.perf_counter()); return r

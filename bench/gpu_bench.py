@@ -24,7 +24,7 @@ PROFILES = {'fast': dict(network_dim=32, network_alpha=32.0, network_dropout=0.0
 
 def build(device, dtype, double, single, width, seed=0):
     "The transformer with random weights allocated straight on `device` (no fp32 copy, no download)."
-    from fluxid_nb.memory import random_flux
+    from fluxid_nb.models import random_flux
     return random_flux(double, single, width, dtype, device=device, seed=seed)
 
 class Peak:
@@ -41,7 +41,7 @@ class Peak:
         if self.prof is None:
             torch.cuda.synchronize(); self.bytes = torch.cuda.max_memory_allocated(); return
         self.prof.__exit__(*exc)
-        from fluxid_nb.memory import quantized_bytes
+        from fluxid_nb.models import quantized_bytes
         live = peak = 0
         for e in sorted((e for e in self.prof.profiler.kineto_results.events() if e.name() == '[memory]'), key=lambda e: e.start_ns()):
             live += e.nbytes(); peak = max(peak, live)
@@ -55,8 +55,10 @@ def floor_flops(params: int, tokens: int, batch: int = 1) -> float:
 
 def run_case(args, device, base, profile, resolutions, budget_left):
     from fluxid_nb.config import resolve_config
-    from fluxid_nb.train import add_lora, flow_loss, make_optimizer, Batch
-    from fluxid_nb.memory import plan_memory, architecture, quantize_nf4_, fp8_base_, GB
+    from fluxid_nb.lora import add_lora
+    from fluxid_nb.flow import flow_loss, make_optimizer, Batch
+    from fluxid_nb.models import quantize_nf4_, fp8_base_
+    from fluxid_nb.memory import plan_memory, architecture, GB
     dt = torch.bfloat16
     arch = architecture(args.double, args.single, args.width)
     t = time.perf_counter()
@@ -111,7 +113,8 @@ def levers(args, device, budget_left):
     "SDPA backends and torch.compile of the blocks, bf16 fast profile at the first resolution."
     from torch.nn.attention import sdpa_kernel, SDPBackend
     from fluxid_nb.config import resolve_config
-    from fluxid_nb.train import add_lora, flow_loss, make_optimizer, Batch
+    from fluxid_nb.lora import add_lora
+    from fluxid_nb.flow import flow_loss, make_optimizer, Batch
     res = args.resolutions[0]
     cfg = resolve_config('fast', env={}, run_name='levers', resolution=res, min_bucket_reso=min(256, res),
                          max_bucket_reso=max(1024, res), t5_max_length=args.t5)

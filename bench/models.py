@@ -11,7 +11,8 @@ def build_bench_flux(folder: Path, seed: int = 0, hidden: int = 512, double: int
     "A random-weight FLUX.1-dev-shaped pipeline whose text encoders cost something per caption (offline, seconds)."
     from diffusers import FluxPipeline, FluxTransformer2DModel, AutoencoderKL, FlowMatchEulerDiscreteScheduler
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
-    from fluxid_nb.models import _clip_tokenizer, _t5_tokenizer, FLUX_DEV_SCHEDULER, FLUX_VAE
+    from fluxid_nb.models import _clip_tokenizer, _t5_tokenizer
+    from fluxid_nb.flux1 import FLUX_DEV_SCHEDULER, FLUX_VAE
     folder = Path(folder)
     if (folder/'bench_model.json').is_file(): return folder
     folder.parent.mkdir(parents=True, exist_ok=True)

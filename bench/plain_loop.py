@@ -16,7 +16,9 @@ def plain_train(model_dir: Path, data_dir: Path, steps: int, resolution: int, ra
     from PIL import Image
     from fluxid_nb.config import DEFAULT_TARGETS
     from fluxid_nb.data import load_dataset, load_image
-    from fluxid_nb.train import targets_regex, pack, unpack, image_ids, VAE_SHIFT, VAE_SCALE
+    from fluxid_nb.lora import targets_regex
+    from fluxid_nb.flux1 import pack, unpack, image_ids, FLUX_VAE
+    VAE_SHIFT, VAE_SCALE = FLUX_VAE['shift_factor'], FLUX_VAE['scaling_factor']
     torch.manual_seed(seed)
     pipe = FluxPipeline.from_pretrained(model_dir, dtype=dtype, local_files_only=True)
     pipe.set_progress_bar_config(disable=True)

@@ -22,8 +22,8 @@ def demo_cfg(tmp, **kw):
 @pytest.fixture(scope='session')
 def demo_run(tmp_path_factory):
     "A short demo training run shared by the artifact, format and strength tests."
-    from fluxid_nb.train import Trainer
+    from fluxid_nb.cli import train_gated
     out = tmp_path_factory.mktemp('demo_run')
     cfg = demo_cfg(out, max_train_steps=60, checkpoint_every_n_steps=20, sample_every_n_steps=30)
-    res = Trainer(cfg, log=lambda *a: None).run()
+    res = train_gated(cfg, log=lambda *a: None)  # as `fluxid train` runs it: the analyzer first
     return cfg, res

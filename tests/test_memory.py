@@ -4,7 +4,13 @@ from pathlib import Path
 import pytest
 import torch
 from fluxid_nb.config import resolve_config
+import sys
 from fluxid_nb import memory as M
+from fluxid_nb import models as MD
+from fluxid_nb.lora import add_lora, lora_modules, targets_regex
+from fluxid_nb.flow import flow_loss, Batch
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]/'bench'))
+import memory_harness as H  # the measurement harness (bench/memory_harness.py)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,7 +28,7 @@ def test_lora_count(fast):
     n_mod, n = M.lora_params(M.architecture(), fast.lora_targets, 32)
     assert n_mod == 19 * 12 + 38 * 5
     import re
-    assert not re.match(M.targets_regex(fast.lora_targets), 'proj_out')  # the model's own output layer stays LoRA-free
+    assert not re.match(targets_regex(fast.lora_targets), 'proj_out')  # the model's own output layer stays LoRA-free
     n64 = M.lora_params(M.architecture(), fast.lora_targets, 64)[1]
     assert n64 == 2 * n
 
@@ -63,7 +69,6 @@ def test_meta_count_matches_real_cpu(fast):
 
 def test_nf4_quantize_and_train():
     from diffusers import FluxTransformer2DModel
-    from fluxid_nb.train import add_lora
     torch.manual_seed(0)
     m = FluxTransformer2DModel(num_layers=1, num_single_layers=1, attention_head_dim=32, num_attention_heads=4,
                                joint_attention_dim=64, pooled_projection_dim=64, guidance_embeds=True,
@@ -72,11 +77,11 @@ def test_nf4_quantize_and_train():
              pooled_projections=torch.randn(1, 64, dtype=torch.bfloat16), timestep=torch.full((1,), 0.5, dtype=torch.bfloat16),
              guidance=torch.ones(1, dtype=torch.bfloat16), txt_ids=torch.zeros(8, 3), img_ids=torch.zeros(16, 3), return_dict=False)
     with torch.no_grad(): ref = m(**x)[0]
-    before = M.quantized_bytes(m)
-    n = M.quantize_nf4_(m)
+    before = MD.quantized_bytes(m)
+    n = MD.quantize_nf4_(m)
     import bitsandbytes as bnb
     assert n > 0 and sum(isinstance(mod, bnb.nn.Linear4bit) for mod in m.modules()) == n
-    assert M.quantized_bytes(m) < 0.45 * before
+    assert MD.quantized_bytes(m) < 0.45 * before
     cfg = resolve_config('fast', env={}, run_name='t', network_dim=4)
     params = add_lora(m, cfg)
     opt = torch.optim.AdamW(params, lr=1e-2)
@@ -98,8 +103,8 @@ def test_stored_validation_table():
 def test_planner_within_15pct_measured():
     "A fresh-process CPU measurement (width 1024, 1 double + 1 single block, 256²) against the planner."
     spec = dict(double=1, single=1, width=1024, resolution=256, t5=128, steps=2)
-    m = M.measure_peak(spec)
-    p = M.predict_spec(spec)
+    m = H.measure_peak(spec)
+    p = H.predict_spec(spec)
     err = p.train_peak / m['allocated_peak'] - 1
     assert abs(err) < 0.15, (p.train_peak, m)
 
@@ -113,7 +118,7 @@ def _layerwise_and_lean(in_f=256, out_f=384, bias=True):
     lin = torch.nn.Linear(in_f, out_f, bias=bias).to(torch.bfloat16).requires_grad_(False)
     ref = copy.deepcopy(lin)
     apply_layerwise_casting(ref, torch.float8_e4m3fn, torch.bfloat16)
-    return ref, M.Fp8Linear.from_linear(lin)
+    return ref, MD.Fp8Linear.from_linear(lin)
 
 @pytest.mark.parametrize('bias', [True, False])
 def test_fp8_linear_matches_diffusers_layerwise_casting(bias):
@@ -145,21 +150,20 @@ def test_fp8_linear_saves_no_bf16_copy():
 def _tiny(fp8: bool, gc: bool = True):
     from fluxid_nb.models import tiny_flux, load_component
     tr = load_component(tiny_flux(), 'transformer', dtype=torch.bfloat16)
-    n = M.fp8_base_(tr) if fp8 else 0
+    n = MD.fp8_base_(tr) if fp8 else 0
     if gc: tr.enable_gradient_checkpointing()
     return tr, n
 
 def test_fp8_base_tiny_flux_trains_with_lora_and_checkpointing():
-    from fluxid_nb.train import add_lora, lora_modules, flow_loss, Batch
     cfg = resolve_config('fast', env={}, run_name='t', network_dim=4, learning_rate=1e-3)
     ref, _ = _tiny(False)
     tr, n = _tiny(True)
-    assert n == sum(M.fp8_eligible(k, v) for k, v in ref.named_modules()) > 0
+    assert n == sum(MD.fp8_eligible(k, v) for k, v in ref.named_modules()) > 0
     assert tr.dtype == torch.bfloat16 and tr.is_gradient_checkpointing
     p_ref, params = add_lora(ref, cfg), add_lora(tr, cfg)
     # LoRA wraps the float8 layer as base_layer; names, state-dict keys and LoRA init are those of the bf16 base
     assert lora_modules(tr) == lora_modules(ref) and list(tr.state_dict()) == list(ref.state_dict())
-    assert isinstance(tr.transformer_blocks[0].attn.to_q.base_layer, M.Fp8Linear)
+    assert isinstance(tr.transformer_blocks[0].attn.to_q.base_layer, MD.Fp8Linear)
     assert all(p.dtype == torch.float32 and p.requires_grad for p in params)
     assert all(torch.equal(a, b) for a, b in zip(params, p_ref))
     opt = torch.optim.AdamW(params, lr=1e-2)
@@ -180,8 +184,8 @@ def test_fp8_base_tiny_flux_trains_with_lora_and_checkpointing():
 
 def test_fp8_base_peak_below_bf16_and_layerwise_casting():
     "Fresh-process CPU measurements (width 1024, 2 double + 2 single blocks, 256²): fp8_base_ peaks lowest."
-    peak = {b: M.measure_peak(dict(double=2, single=2, width=1024, resolution=256, t5=128, steps=2, base=b))['allocated_peak']
+    peak = {b: H.measure_peak(dict(double=2, single=2, width=1024, resolution=256, t5=128, steps=2, base=b))['allocated_peak']
             for b in ('bf16', 'fp8_layerwise', 'fp8')}
     assert peak['fp8'] < 0.85 * peak['bf16'] and peak['fp8'] < 0.8 * peak['fp8_layerwise'], peak
     with pytest.raises(ValueError, match='layerwise'):
-        M.predict_spec(dict(double=1, single=1, resolution=256, base='fp8_layerwise'))
+        H.predict_spec(dict(double=1, single=1, resolution=256, base='fp8_layerwise'))

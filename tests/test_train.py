@@ -5,7 +5,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from conftest import demo_cfg
-from fluxid_nb import lora_io
+from fluxid_nb import lora as lora_io
 from fluxid_nb.train import Trainer, TrainingDiverged
 
 QUIET = dict(log=lambda *a: None)
@@ -60,7 +60,7 @@ def test_kohya_copy_equals_peft_through_diffusers_converter(tmp_path):
     "Full-size widths (3072 hidden, 12288 MLP): diffusers' kohya loader hard-codes them for linear1."
     from diffusers import FluxTransformer2DModel, FluxPipeline
     from fluxid_nb.config import resolve_config
-    from fluxid_nb.train import add_lora, lora_modules
+    from fluxid_nb.lora import add_lora, lora_modules
     torch.manual_seed(0)
     tr = FluxTransformer2DModel(num_layers=1, num_single_layers=1, attention_head_dim=128, num_attention_heads=24,
                                 joint_attention_dim=256, pooled_projection_dim=64, guidance_embeds=True)
@@ -130,12 +130,12 @@ def test_nan_stops_with_guide_advice_and_keeps_checkpoint(tmp_path, monkeypatch)
     assert 'step_000010' in str(e.value)
     ck = lora_io.list_checkpoints(tmp_path/'run'/'checkpoints')
     assert [p.name for p in ck] == ['step_000010']
-    assert all(torch.isfinite(v).all() for v in lora_io.load_checkpoint(ck[-1])['lora'].values())
+    assert all(torch.isfinite(v).all() for v in lora_io.load_state(ck[-1]).lora.values())
 
 
 KILL_SCRIPT = textwrap.dedent('''
     import sys, time, torch
-    from fluxid_nb import lora_io
+    from fluxid_nb import lora as lora_io
     from fluxid_nb.config import resolve_config
     from fluxid_nb.train import Trainer
     real = lora_io.torch.save
@@ -179,10 +179,11 @@ def test_lora_changes_generations_at_strength_1_not_0(demo_run):
     assert (one - base).abs().mean() > 5.0             # strength 1 visibly changes the picture (0–255 scale)
 
 
-def test_dry_run_executes_nothing(tmp_path):
-    from fluxid_nb.train import train
-    out = train('demo', dry_run=True, out_dir=str(tmp_path), run_name='dry')
-    assert isinstance(out, str) and 'DRY RUN' in out and 'commands that would run' in out
+def test_dry_run_executes_nothing(tmp_path, capsys):
+    from fluxid_nb.cli import main
+    assert main(['train', '--profile', 'demo', '--dry-run', '--out-dir', str(tmp_path), '--run-name', 'dry']) == 0
+    out = capsys.readouterr().out
+    assert 'DRY RUN' in out and 'commands that would run' in out
     assert not (tmp_path/'dry').exists()
 
 
@@ -206,12 +207,13 @@ def test_dataset_errors_stop_training_unless_overridden(tmp_path):
     "Fewer than 15 images is an error-level finding: the trainer refuses and prints it; the override trains anyway."
     import shutil
     from fluxid_nb.demo import demo_subject
-    from fluxid_nb.train import DatasetRefused
+    from fluxid_nb.analyze import DatasetRefused
+    from fluxid_nb.cli import train_gated
     small = demo_subject(tmp_path/'full', layout='flat')
     for p in sorted(small.glob('subject_1[0-7].*')): p.unlink()   # 10 images left
     with pytest.raises(DatasetRefused, match='15') as e:
-        Trainer(demo_cfg(tmp_path, data_dir=str(small), max_train_steps=2), **QUIET).setup()
+        train_gated(demo_cfg(tmp_path, data_dir=str(small), max_train_steps=2), log=lambda *a: None)
     assert 'FLUXID_IGNORE_DATASET_ERRORS=1' in str(e.value)
-    res = Trainer(demo_cfg(tmp_path, run_name='forced', data_dir=str(small), max_train_steps=2, ignore_dataset_errors=True,
-                           holdout_images=0, checkpoint_every_n_steps=2), **QUIET).run()
+    res = train_gated(demo_cfg(tmp_path, run_name='forced', data_dir=str(small), max_train_steps=2, ignore_dataset_errors=True,
+                               holdout_images=0, checkpoint_every_n_steps=2), log=lambda *a: None)
     assert res.steps == 2
