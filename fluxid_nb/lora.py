@@ -17,7 +17,8 @@ from . import flux1
 # %% auto #0
 __all__ = ['CKPT_RE', 'targets_regex', 'add_lora', 'lora_modules', 'load_lora_state', 'atomic_save_safetensors', 'read_metadata',
            'peft_state_dict', 'adapter_metadata', 'save_peft_lora', 'lora_metadata', 'save_kohya_lora', 'TrainingState',
-           'save_state', 'list_checkpoints', 'load_state']
+           'save_state', 'list_checkpoints', 'load_state', 'Checkpoint', 'RunInfo', 'read_run', 'select_checkpoints',
+           'LoraPipeline']
 
 # %% ../nbs/06_lora.ipynb #46a92d19
 def targets_regex(patterns) -> str:
@@ -179,3 +180,120 @@ def load_state(path: Path) -> TrainingState:
     info = json.loads((path/'state.json').read_text())
     return TrainingState(int(info.pop('step')), load_file(path/'lora.safetensors'),
                          torch.load(path/'optimizer.pt', weights_only=True), load_file(path/'rng.safetensors')['torch'], info | {'path': str(path)})
+
+# %% ../nbs/06_lora.ipynb #d7a4a356
+from .config import config_fields
+
+@dataclass
+class Checkpoint:
+    "One LoRA file of a run: its training step, path and a short label."
+    step: int
+    path: Path
+    label: str
+
+@dataclass
+class RunInfo:
+    "What a run folder (or a bare LoRA) says about itself."
+    name: str
+    folder: Path           # the run folder (or the LoRA's folder)
+    cfg: Config | None     # the training config (None for a bare LoRA)
+    trigger: str
+    model_path: str
+    data_dir: str
+    checkpoints: list      # Checkpoint, oldest first
+    metrics: list          # rows of metrics.jsonl
+
+def _config_from_dict(d: dict) -> Config:
+    known = config_fields()
+    vals = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in known}
+    return Config(**vals, sources=d.get('sources', {}))
+
+def _step_of(path: Path) -> int:
+    try: return int(read_metadata(path).get('fluxid_steps', -1))
+    except Exception: return -1
+
+def _read_lora_file(lora: Path, data_dir: str, model_path: str) -> RunInfo:
+    if not lora.is_file(): raise FileNotFoundError(f"LoRA file {lora} does not exist")
+    meta = read_metadata(lora)
+    cfgp = lora.parent/'config.json'
+    cfg = _config_from_dict(json.loads(cfgp.read_text())) if cfgp.is_file() else None
+    return RunInfo(lora.stem, lora.parent, cfg, meta.get('fluxid_trigger') or meta.get('modelspec.trigger_phrase', '') or (cfg.trigger if cfg else ''),
+                   model_path or meta.get('fluxid_base_model') or (cfg.model_path if cfg else ''),
+                   data_dir or (cfg.data_dir if cfg else ''), [Checkpoint(_step_of(lora), lora, lora.stem)], [])
+
+# %% ../nbs/06_lora.ipynb #dafa7bee
+def read_run(run_dir: str | Path = '', # a fluxid run folder
+             lora: str | Path = '',    # or a single LoRA .safetensors
+             data_dir: str = '',       # training images (default: the run's)
+             model_path: str = '',     # base model (default: the run's / the LoRA's metadata)
+            ) -> RunInfo:
+    "The run's config, trigger, base model, dataset and LoRA files (oldest first)."
+    if lora: return _read_lora_file(Path(lora), data_dir, model_path)
+    run = Path(run_dir)
+    if not run.is_dir(): raise FileNotFoundError(f"run folder {run} does not exist: pass the folder `fluxid train` wrote (output/<run>)")
+    cks = list_checkpoints(run/'checkpoints')
+    cfgp = run/'config.json'
+    if cfgp.is_file(): cfg = _config_from_dict(json.loads(cfgp.read_text()))
+    elif cks: cfg = _config_from_dict(json.loads((cks[-1]/'state.json').read_text())['config'])
+    else: raise FileNotFoundError(f"{run} has no config.json and no checkpoints: is it a fluxid run folder?")
+    found = [Checkpoint(int(CKPT_RE.match(c.name)[1]), c/'lora.safetensors', c.name) for c in cks if (c/'lora.safetensors').is_file()]
+    final = run/f'{cfg.run_name}.safetensors'
+    if final.is_file() and _step_of(final) not in {c.step for c in found}:
+        found.append(Checkpoint(_step_of(final), final, f'final step {_step_of(final)}'))
+    if not found: raise FileNotFoundError(f"{run} has no LoRA to evaluate (no checkpoints/step_*/lora.safetensors, no {final.name})")
+    trigger = cfg.trigger
+    if not trigger and cks: trigger = json.loads((cks[-1]/'state.json').read_text())['config'].get('trigger', '')
+    if not trigger: trigger = read_metadata(found[-1].path).get('fluxid_trigger', '')
+    mp = run/'metrics.jsonl'
+    metrics = [json.loads(l) for l in mp.read_text().splitlines() if l.strip()] if mp.is_file() else []
+    return RunInfo(cfg.run_name, run, cfg, trigger, model_path or cfg.model_path, data_dir or cfg.data_dir,
+                   sorted(found, key=lambda c: c.step), metrics)
+
+def select_checkpoints(checkpoints: list, which: str | list = 'all') -> list:
+    "'all', 'last', 'last3', or steps such as '500,1000' (or a list of steps)."
+    if isinstance(which, (list, tuple)): which = ','.join(str(w) for w in which)
+    which = str(which).strip() or 'all'
+    if which == 'all': return list(checkpoints)
+    if m := re.fullmatch(r'last(\d*)', which): return list(checkpoints)[-int(m[1] or 1):]
+    steps = [int(s) for s in which.split(',') if s.strip()]
+    out = [c for c in checkpoints if c.step in steps]
+    missing = sorted(set(steps) - {c.step for c in out})
+    if missing: raise ValueError(f"no checkpoint at step(s) {missing}; available: {[c.step for c in checkpoints]}")
+    return out
+
+# %% ../nbs/06_lora.ipynb #9f04dc7b
+class LoraPipeline:
+    "A FluxPipeline without text encoders whose LoRA (one file at a time) is loaded and weighted as at inference."
+    def __init__(self, model_dir: Path, device, dtype: torch.dtype, allow_network: bool = False):
+        from diffusers import FluxPipeline
+        from fluxid_nb.models import load_component
+        load = lambda name: load_component(model_dir, name, dtype=dtype, allow_network=allow_network)
+        self.pipe = FluxPipeline(scheduler=load_component(model_dir, 'scheduler'), vae=load('vae'), text_encoder=None,
+                                 tokenizer=None, text_encoder_2=None, tokenizer_2=None, transformer=load('transformer')).to(device)
+        self.pipe.set_progress_bar_config(disable=True)
+        self.loaded = None
+
+    def use(self, checkpoint: Checkpoint | None, strength: float):
+        "Load (once) and weight the checkpoint's LoRA; None or strength 0 is the base model."
+        if checkpoint is not None and (self.loaded is None or self.loaded.path != checkpoint.path):
+            if self.loaded is not None: self.pipe.delete_adapters(self.adapter)
+            self.adapter = f'fluxid_{checkpoint.step}'  # not 'eval': peft adapters become module attributes
+            from diffusers.utils import logging as dlog
+            v = dlog.get_verbosity(); dlog.set_verbosity_error()  # "no LoRA keys for the text encoder": expected, FLUX LoRAs are transformer-only
+            try: self.pipe.load_lora_weights(str(checkpoint.path), adapter_name=self.adapter)
+            finally: dlog.set_verbosity(v)
+            self.loaded = checkpoint
+        if self.loaded is not None:
+            if checkpoint is None or strength == 0: self.pipe.disable_lora()
+            else: self.pipe.enable_lora(); self.pipe.set_adapters([self.adapter], [float(strength)])
+
+    @torch.no_grad()
+    def images(self, embeds: list, seeds: list, size: int, steps: int, guidance: float, batch_size: int = 4) -> list:
+        "One image per prompt embedding (t5, pooled) and seed, `batch_size` per pipeline call."
+        out = []
+        for i in range(0, len(embeds), batch_size):
+            e, s = embeds[i:i + batch_size], seeds[i:i + batch_size]
+            out += self.pipe(prompt_embeds=torch.cat([t for t, _ in e]), pooled_prompt_embeds=torch.cat([p for _, p in e]),
+                             height=size, width=size, num_inference_steps=steps, guidance_scale=guidance,
+                             generator=[torch.Generator().manual_seed(int(x)) for x in s]).images
+        return out

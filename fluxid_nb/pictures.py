@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 # %% auto #0
-__all__ = ['font', 'label_grid', 'contact_sheet', 'png_bytes', 'thumbnail', 'loss_figure']
+__all__ = ['font', 'label_grid', 'contact_sheet', 'png_bytes', 'thumbnail', 'loss_figure', 'markdown_html', 'plain_json']
 
 # %% ../nbs/09_pictures.ipynb #99080f4d
 def font(size: int):
@@ -82,3 +82,37 @@ def loss_figure(rows: list[dict]):
     if ev: ax.plot([r['step'] for r in ev], [r['eval_loss'] for r in ev], 'o-', color='red', label='eval (fixed noise)')
     ax.set_xlabel('step'); ax.set_ylabel('loss'); ax.legend(loc='upper right', fontsize=8); fig.tight_layout()
     return fig
+
+# %% ../nbs/09_pictures.ipynb #10d0ceb8
+def markdown_html(md: str, title: str) -> str:
+    "Enough markdown for a report: headings, bullets, quotes, tables, images, bold and code."
+    import html, re
+    inline = lambda t: re.sub(r'`([^`]+)`', r'<code>\1</code>', re.sub(r'\*\*(.+?)\*\*', r'<b>\1</b>', html.escape(t, quote=False)))
+    out, table = [], False
+    for line in md.splitlines():
+        if line.startswith('|'):
+            cells = [c.strip() for c in line.strip('|').split('|')]
+            if all(set(c) <= set('-') for c in cells): continue
+            tag = 'th' if not table else 'td'
+            out.append(('<table>' if not table else '') + '<tr>' + ''.join(f'<{tag}>{inline(c)}</{tag}>' for c in cells) + '</tr>')
+            table = True; continue
+        if table: out.append('</table>'); table = False
+        if m := re.match(r'!\[(.*)\]\((.*)\)', line): out.append(f'<p><img src="{html.escape(m[2])}" alt="{html.escape(m[1])}" style="max-width:100%"></p>')
+        elif m := re.match(r'(#+) (.*)', line): out.append(f'<h{len(m[1])}>{inline(m[2])}</h{len(m[1])}>')
+        elif line.startswith('- '): out.append(f'<li>{inline(line[2:])}</li>')
+        elif line.startswith('> '): out.append(f'<blockquote>{inline(line[2:])}</blockquote>')
+        elif line.strip(): out.append(f'<p>{inline(line)}</p>')
+    if table: out.append('</table>')
+    style = 'body{font-family:sans-serif;max-width:1200px;margin:auto}table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ccc;padding:2px 6px}blockquote{background:#fff4d0;padding:6px}'
+    return f'<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>{style}</style></head><body>\n' + '\n'.join(out) + '\n</body></html>\n'
+
+# %% ../nbs/09_pictures.ipynb #5435962f
+def plain_json(v, drop=()):
+    "`v` with plain JSON values only: numpy → Python, floats to 5 digits (non-finite → None), paths → text; '_' keys and `drop` left out."
+    if isinstance(v, dict): return {k: plain_json(x, drop) for k, x in v.items() if not k.startswith('_') and k not in drop}
+    if isinstance(v, (list, tuple)): return [plain_json(x, drop) for x in v]
+    if isinstance(v, (np.floating, float)): return None if not math.isfinite(float(v)) else round(float(v), 5)
+    if isinstance(v, np.integer): return int(v)
+    if isinstance(v, np.bool_): return bool(v)
+    if isinstance(v, Path): return str(v)
+    return v

@@ -5,7 +5,8 @@ import pytest
 from PIL import Image, ImageFilter, ImageOps
 from fluxid_nb.config import repo_root, resolve_config
 from fluxid_nb.data import dataset_fingerprint, dataset_summary, load_dataset
-from fluxid_nb.analyze import analyze, analyze_main, write_report
+from fluxid_nb.analyze import analyze, write_report
+from fluxid_nb.cli import analyze_main
 from _data_helpers import drawing, make_dataset
 
 def codes(a): return {f.code: f for f in a.findings}

@@ -1,8 +1,10 @@
-"""Config resolution: profile < environment < explicit parameter for every guide variable, and clear errors."""
+"""Config resolution: profile < environment < explicit parameter for every guide variable, and clear errors;
+`fluxid validate` on the repository and on a broken copy of configs/."""
 import shutil
 from pathlib import Path
 import pytest
-from fluxid_nb.config import resolve_config, validate, ConfigError, configs_dir, GUIDE_ENV
+from fluxid_nb.config import resolve_config, ConfigError, configs_dir, GUIDE_ENV
+from fluxid_nb.checks import validate
 
 # guide variable → (config key, env text, typed env value, explicit parameter value)
 CASES = {

@@ -14,7 +14,7 @@ def test_papermill_runs_the_dashboard_headless(tmp_path):
     overrides = json.dumps(dict(run_name='papermill', sample_every_n_steps=10, sample_steps=2, sample_prompts=str(prompts),
                                 checkpoint_every_n_steps=10))
     env = dict(os.environ, OMP_NUM_THREADS='1')
-    r = subprocess.run([sys.executable, '-m', 'papermill', str(REPO/'nbs'/'07_dashboard.ipynb'), str(out_nb),
+    r = subprocess.run([sys.executable, '-m', 'papermill', str(REPO/'nbs'/'20_dashboard.ipynb'), str(out_nb),
                         '-p', 'start', 'True', '-p', 'max_steps', '20', '-p', 'out_dir', str(tmp_path/'runs'),
                         '-y', f'overrides: {overrides}', '--cwd', str(tmp_path), '-k', 'python3'],
                        capture_output=True, text=True, env=env, timeout=900)

@@ -129,7 +129,7 @@ return {state: q('.fluxid-state') ? q('.fluxid-state').dataset.state : null,
 def test_dashboard_in_jupyterlab(lab, driver, tmp_path):
     from selenium.webdriver.common.by import By
     from fluxid_nb.demo import demo_subject
-    from fluxid_nb import lora_io
+    from fluxid_nb.lora import list_checkpoints
     t0 = time.time()
     shots = SHOTS; shutil.rmtree(shots, ignore_errors=True); shots.mkdir(parents=True)
     data = demo_subject(tmp_path/'subject')              # a writable copy: the dataset panel uploads into it
@@ -178,7 +178,7 @@ def test_dashboard_in_jupyterlab(lab, driver, tmp_path):
     step = int(v['stats'].split('step ')[1].split('/')[0])
     run = out/'browser'
     assert 0 < step < 400
-    assert lora_io.list_checkpoints(run/'checkpoints')[-1].name == f'step_{step:06d}'  # stopped after a checkpoint
+    assert list_checkpoints(run/'checkpoints')[-1].name == f'step_{step:06d}'  # stopped after a checkpoint
     assert (run/'browser.safetensors').is_file()
     _wait('the view saved as dashboard.png', lambda: (run/'dashboard.png').is_file(), 60)
     _wait('the last frame under the dashboard', lambda: driver.find_elements(By.CSS_SELECTOR, '.jp-OutputArea-output img[src^="data:image/png"]'), 30)

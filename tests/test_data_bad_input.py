@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 from fluxid_nb.data import DatasetError, load_dataset, load_image, NEUTRAL_GREY
-from fluxid_nb.analyze import analyze, analyze_main
+from fluxid_nb.analyze import analyze
+from fluxid_nb.cli import analyze_main
 from _data_helpers import bomb_png, drawing, make_dataset, snapshot
 
 GOOD = ['good0', 'good1', 'good2']

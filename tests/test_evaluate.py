@@ -10,6 +10,7 @@ import pytest
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 from _data_helpers import astronaut, grace_hopper, two_people
 from fluxid_nb import evaluate as E
+from fluxid_nb import faces as F
 from fluxid_nb.faces import SAME_PERSON_DISTANCE
 
 COLLINS_BOX, HOPPER_BOX = (179, 83, 266, 170), (161, 137, 376, 352)
@@ -30,10 +31,10 @@ def people():
 # ---------- (1) the metric on real faces ----------
 
 def test_same_person_scores_clearly_higher_than_other_people(people):
-    ref = E.build_reference(people['collins'][:5], [f'c{i}' for i in range(5)])
+    ref = F.build_reference(people['collins'][:5], [f'c{i}' for i in range(5)])
     assert len(ref.embeddings) == 5
-    same = [E.measure_image(im, ref) for im in people['collins'][5:]]
-    other = [E.measure_image(im, ref) for im in people['hopper']]
+    same = [F.measure_image(im, ref) for im in people['collins'][5:]]
+    other = [F.measure_image(im, ref) for im in people['hopper']]
     assert all(r['faces'] == 1 and r['same_person'] for r in same)
     assert not any(r['same_person'] for r in other)
     # a clear margin, in both of the numbers the report shows
@@ -41,27 +42,27 @@ def test_same_person_scores_clearly_higher_than_other_people(people):
     assert max(r['identity_distance'] for r in same) < SAME_PERSON_DISTANCE < min(r['identity_distance'] for r in other)
     assert min(r['identity_distance'] for r in other) - max(r['identity_distance'] for r in same) > 0.15
     # the summary of those images: all Collins recognised, no Hopper
-    for r, k in [(r, 'angle') for r in same] + [(r, 'other') for r in other]: r.update(kind=k, _hash=E._phash(Image.new('RGB', (8, 8))))
+    for r, k in [(r, 'angle') for r in same] + [(r, 'other') for r in other]: r.update(kind=k, _hash=F._phash(Image.new('RGB', (8, 8))))
     s = E.summarize(same + other)
     assert (s['face_rate'], s['identity_rate'], s['bleed_rate']) == (1.0, 1.0, 0.0)
 
 def test_a_face_in_a_group_photo_bleeds_when_nobody_asked_for_it(people):
-    ref = E.build_reference(people['collins'][:5])
-    r = E.measure_image(two_people(), ref, bleed=True)
+    ref = F.build_reference(people['collins'][:5])
+    r = F.measure_image(two_people(), ref, bleed=True)
     assert r['faces'] == 2 and r['same_person']         # any face counts in a prompt without the subject
-    assert not E.measure_image(grace_hopper(), ref, bleed=True)['same_person']
+    assert not F.measure_image(grace_hopper(), ref, bleed=True)['same_person']
 
 @pytest.mark.parametrize('img', [Image.new('RGB', (256, 256), 'grey'), Image.fromarray(np.random.default_rng(0).integers(0, 255, (256, 256, 3), dtype=np.uint8)),
                                  Image.new('RGB', (1, 1))])
 def test_no_face_is_reported_not_crashed(people, img):
-    ref = E.build_reference(people['collins'][:3])
-    r = E.measure_image(img, ref)
+    ref = F.build_reference(people['collins'][:3])
+    r = F.measure_image(img, ref)
     assert (r['faces'], r['identity_similarity'], r['identity_distance'], r['same_person'], r['copy']) == (0, None, None, None, False)
 
 def test_training_set_without_faces_is_not_measurable():
-    ref = E.build_reference([Image.new('RGB', (64, 64), c) for c in ('red', 'blue')])
-    st = E.reference_stats(ref)
-    assert st['faces'] == 0 and E.measure_image(Image.new('RGB', (64, 64)), ref)['identity_similarity'] is None
+    ref = F.build_reference([Image.new('RGB', (64, 64), c) for c in ('red', 'blue')])
+    st = F.reference_stats(ref)
+    assert st['faces'] == 0 and F.measure_image(Image.new('RGB', (64, 64)), ref)['identity_similarity'] is None
     assert E.verdict(dict(identity_images=3, face_rate=1.0), st)[0] == 'not measurable'
 
 # ---------- (3) faked checkpoints: a perfect copy and a LoRA with no effect ----------
@@ -140,7 +141,7 @@ def test_weak_then_sameface_points_between_the_checkpoints(tmp_path, people):
 def test_clip_is_skipped_without_a_local_model(tmp_path, people, monkeypatch):
     monkeypatch.setenv('HF_HOME', str(tmp_path/'empty_hf')); monkeypatch.delenv('HF_HUB_CACHE', raising=False)
     monkeypatch.delenv('FLUXID_CLIP', raising=False); monkeypatch.setenv('HOME', str(tmp_path))
-    assert E.find_clip() is None
+    assert F.find_clip() is None
     run, gen, ev = run_fake(tmp_path, people, {100: 'copy'})
     assert ev.clip.startswith('skipped') and all(c['summary']['clip_score'] is None for c in ev.cells)
     assert 'skipped' in json.loads((run/'eval'/'eval.json').read_text())['clip']
@@ -156,6 +157,6 @@ def test_clip_score_with_a_local_clip(tmp_path):
                      projection_dim=16)
     CLIPModel(cfg).save_pretrained(tmp_path/'clip')
     CLIPProcessor(image_processor=CLIPImageProcessor(size={'shortest_edge': 32}, crop_size={'height': 32, 'width': 32}), tokenizer=tok).save_pretrained(tmp_path/'clip')
-    assert E.find_clip(str(tmp_path/'clip')) == tmp_path/'clip'
-    score = E.ClipScorer(tmp_path/'clip')(astronaut(), E.clip_text('a photo of ohwx', 'ohwx'))
+    assert F.find_clip(str(tmp_path/'clip')) == tmp_path/'clip'
+    score = F.ClipScorer(tmp_path/'clip')(astronaut(), F.clip_text('a photo of ohwx', 'ohwx'))
     assert 0.0 <= score <= 100.0
