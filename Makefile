@@ -1,12 +1,13 @@
 # fluxid: two commands do all set-up on a fresh machine (Python 3.11, no GPU, no model hub).
 #   make demo   create .venv and run analyze -> train -> evaluate on the built-in demo profile
-#   make test   create .venv and run every check CI runs
+#   make test   create .venv and run every check CI runs (it changes no tracked file)
+#   make screenshot  refresh docs/dashboard.png, the README's picture, from the browser test
 PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.fluxid-installed
 
-.PHONY: demo test venv check-sync nbtest pytest bench clean browser
+.PHONY: demo test venv check-sync nbtest pytest bench clean browser screenshot
 
 venv: $(STAMP)
 
@@ -41,6 +42,11 @@ pytest: $(STAMP) browser
 	$(BIN)/python -m pytest tests -q
 
 test: check-sync nbtest pytest
+
+# the browser test saves its screenshots in its temporary folder; README_SCREENSHOT=1 also copies the training view
+# to docs/dashboard.png (no other target writes to docs/)
+screenshot: $(STAMP) browser
+	README_SCREENSHOT=1 $(BIN)/python -m pytest tests/test_dashboard_browser.py -q
 
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py

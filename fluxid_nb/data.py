@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_data.ipynb #656072f0
 from __future__ import annotations
-import hashlib, io, math, os, re, stat, warnings
+import errno, hashlib, io, math, os, re, stat, warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,12 +107,32 @@ def load_image(path: str | Path,          # image file
         out.thumbnail((max_side, max_side), Image.Resampling.LANCZOS, reducing_gap=2.0)
     return out
 
-# %% ../nbs/04_data.ipynb #43010224
-_FIX_REEXPORT = "re-export or re-copy it from the original (or remove it, with its caption)"
-
+# %% ../nbs/04_data.ipynb #622ee1eb
 def _rel(path: Path, root: Path) -> str:
     try: return path.relative_to(root).as_posix()
     except ValueError: return str(path)
+
+def _link_chain(path: Path, hops: int = 8) -> str:
+    "Where a symlink leads, for messages: 'a.jpg → b.jpg → a.jpg'."
+    seen, p, out = {os.path.normpath(path)}, str(path), [Path(path).name]
+    for _ in range(hops):
+        if not os.path.islink(p): return ' → '.join(out)
+        t = os.readlink(p); p = os.path.normpath(os.path.join(os.path.dirname(p), t)); out.append(t)
+        if p in seen: return ' → '.join(out)
+        seen.add(p)
+    return ' → '.join(out + ['…'])
+
+def _bad_link(path: Path, root: Path, severity: str = 'error', what: str = 'file') -> Finding | None:
+    "A finding when `path` is a symlink that leads nowhere (a loop, or a missing target); None otherwise."
+    if not path.is_symlink(): return None
+    try: os.stat(path); return None
+    except OSError as e: loop = e.errno == errno.ELOOP
+    rel = _rel(path, root)
+    if loop: return Finding(severity, 'symlink-loop', f"{rel} is a symlink loop ({_link_chain(path)}): replace it with the real {what}, or remove it.", [rel])
+    return Finding(severity, 'symlink-broken', f"{rel} is a symlink to {os.readlink(path)!r}, which does not exist: copy the real {what} in, or remove the link.", [rel])
+
+# %% ../nbs/04_data.ipynb #43010224
+_FIX_REEXPORT = "re-export or re-copy it from the original (or remove it, with its caption)"
 
 def _probe(path: Path, root: Path) -> tuple[tuple[int, int] | None, list[Finding]]:
     "((width, height) after EXIF orientation, findings) for one image file; size is None when unusable."
@@ -120,11 +140,7 @@ def _probe(path: Path, root: Path) -> tuple[tuple[int, int] | None, list[Finding
     def bad(code, msg): return None, out + [Finding('error', code, msg, [rel])]
     try: st = path.stat()
     except OSError as e:
-        if path.is_symlink():
-            try: os.stat(path)
-            except OSError as e2:
-                if e2.errno == 40: return bad('symlink-loop', f"{rel} is a symlink loop (it points back to itself): replace it with the real file, or remove it.")
-            return bad('symlink-broken', f"{rel} is a symlink to {os.readlink(path)!r}, which does not exist: copy the real file in, or remove the link.")
+        if link := _bad_link(path, root): return None, out + [link]
         return bad('unreadable', f"{rel} cannot be read ({e.strerror}): check its permissions.")
     if not stat.S_ISREG(st.st_mode): return bad('not-a-file', f"{rel} is not a regular file: remove it from the dataset folder.")
     if st.st_size == 0: return bad('empty-file', f"{rel} is an empty file (0 bytes): the copy failed; {_FIX_REEXPORT}.")
@@ -221,11 +237,22 @@ def _resolve_root(data_dir) -> Path:
         return Path(demo_subject())
     if not s: raise DatasetError(f"No dataset folder given: set DATA_DIR (or data_dir=...).\n{EXPECTED_TREES}")
     root = Path(s).expanduser()
-    if root.is_symlink() and not root.exists():
-        raise DatasetError(f"Dataset folder {root} is a symlink that leads nowhere (broken, or a loop): point DATA_DIR at the real folder.\n{EXPECTED_TREES}")
+    if link := _bad_link(root, root.parent, what='folder'):
+        raise DatasetError(f"Dataset folder {root}: {link.message} Point DATA_DIR at the real folder.\n{EXPECTED_TREES}")
     if not root.exists(): raise DatasetError(f"Dataset folder {root} does not exist: check DATA_DIR (upload with scripts/upload_dataset.sh or rsync).\n{EXPECTED_TREES}")
-    if not root.is_dir(): raise DatasetError(f"Dataset folder {root} is a file, not a folder: set DATA_DIR to the folder holding the images.\n{EXPECTED_TREES}")
+    if not root.is_dir(): raise DatasetError(f"Dataset folder {root} is a file, not a folder: {_file_fix(root)}\n{EXPECTED_TREES}")
     return root
+
+_ARCHIVES = ('.zip', '.tar', '.tgz', '.gz', '.bz2', '.xz', '.7z', '.rar')
+
+def _file_fix(path: Path) -> str:
+    "What to do when DATA_DIR names a file: unpack an archive, or point at the folder holding an image."
+    if path.suffix.lower() in _ARCHIVES:
+        return (f"it looks like an archive: unpack it (unzip {path.name} -d <folder>, or tar -xf {path.name} -C <folder>) "
+                f"and set DATA_DIR to the folder of images it makes.")
+    if path.suffix.lower() in IMAGE_EXTS + OTHER_IMAGE_EXTS:
+        return f"it is one image: set DATA_DIR to the folder that holds all the images (this one is in {path.parent})."
+    return "set DATA_DIR to the folder holding the images and captions."
 
 def dataset_layout(root: str | Path,    # dataset folder (it need not exist yet)
                    strict: bool = False # raise DatasetError unless the folder is one whole layout
@@ -235,6 +262,8 @@ def dataset_layout(root: str | Path,    # dataset folder (it need not exist yet)
     top = _entries(root) if _is_dir(root) else []
     top_images = [p.name for p in top if p.suffix.lower() in IMAGE_EXTS and not _is_dir(p)]
     has_images, has_captions = _is_dir(root/'images'), _is_dir(root/'captions')
+    for sub in ('images', 'captions'):
+        if strict and (link := _bad_link(root/sub, root, what='folder')): raise DatasetError(f"{root}: {link.message}\n{EXPECTED_TREES}")
     if not strict: return 'flat' if top_images and not (has_images or has_captions) else 'split'
     if has_images or has_captions:
         if top_images:
@@ -249,6 +278,25 @@ def dataset_layout(root: str | Path,    # dataset folder (it need not exist yet)
     raise DatasetError(f"{root} matches neither layout: no images/ folder and no .jpg/.jpeg/.png/.webp files (found: {listed}).\n{EXPECTED_TREES}")
 
 # %% ../nbs/04_data.ipynb #9e32f2f4
+def _cycle(p: Path, root: Path) -> Finding | None:
+    "A warning when `p` links to a folder that holds it (`ln -s . loop`): walking the folder would never end."
+    if not p.is_symlink() or not _is_dir(p): return None
+    target, rel = p.resolve(), _rel(p, root)
+    if not p.parent.resolve().is_relative_to(target): return None
+    return Finding('warning', 'symlink-cycle', f"{rel} links back to {target}, a folder that holds it: fluxid skips it, but "
+                   f"copying or walking the dataset (rsync -L, cp -rL, zip) never ends. Remove the link.", [rel])
+
+def _stray_links(folders: dict, root: Path) -> list[Finding]:
+    "Warnings for links in {folder: extensions read there} that are no dataset file: loops, and links back up the tree."
+    out = []
+    for folder, read in folders.items():
+        for p in _entries(folder):
+            if not p.is_symlink(): continue
+            if f := _cycle(p, root): out.append(f)
+            elif p.suffix.lower() not in read and (f := _bad_link(p, root, 'warning')) and f.code == 'symlink-loop': out.append(f)
+    return out
+
+# %% ../nbs/04_data.ipynb #424993b4
 def load_dataset(data_dir: str | Path # dataset folder, or 'builtin:demo'
                 ) -> Dataset:
     "Read a dataset folder in either layout: usable items, and a finding for every file that is not."
@@ -256,6 +304,9 @@ def load_dataset(data_dir: str | Path # dataset folder, or 'builtin:demo'
     layout = dataset_layout(root, strict=True)
     img_dir, cap_dir = (root/'images', root/'captions') if layout == 'split' else (root, root)
     ds, findings = Dataset(root=root, layout=layout), []
+    read = {root: set()}
+    read.setdefault(img_dir, set()).update(IMAGE_EXTS); read.setdefault(cap_dir, set()).add(CAPTION_EXT)
+    findings += _stray_links(read, root)
     images, captions, others = {}, {}, []
     for p in _entries(img_dir):
         ext = p.suffix.lower()
@@ -285,6 +336,7 @@ def load_dataset(data_dir: str | Path # dataset folder, or 'builtin:demo'
                                     f"(\"<trigger>, description of the image\").", [rel]))
             continue
         crel = _rel(cap, root)
+        if link := _bad_link(cap, root): findings.append(link); continue
         try: text, enc = read_caption(cap)
         except OSError as e:
             findings.append(Finding('error', 'caption-unreadable', f"{crel} cannot be read ({e.strerror or e}): "
@@ -301,8 +353,8 @@ def load_dataset(data_dir: str | Path # dataset folder, or 'builtin:demo'
     for stem, cap in sorted(captions.items()):
         if stem not in images:
             crel = _rel(cap, root)
-            findings.append(Finding('warning', 'caption-orphan', f"{crel} has no image named {stem}.jpg/.png/.webp: add the image, "
-                                    f"or remove the caption.", [crel]))
+            findings.append(_bad_link(cap, root, 'warning') or Finding('warning', 'caption-orphan', f"{crel} has no image named "
+                                    f"{stem}.jpg/.png/.webp: add the image, or remove the caption.", [crel]))
     ds.items.sort(key=lambda it: it.name)
     ds.findings = findings
     return ds

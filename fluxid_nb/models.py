@@ -153,8 +153,8 @@ def tiny_flux(seed: int = 0) -> Path:
 # %% ../nbs/02_models.ipynb #8b74f008
 class ModelError(ValueError): "MODEL_PATH cannot be used; the message says what was expected and how to get it."
 
-_GET_IT = ("Get it once on a machine with access (accept the licence on the model page first):\n"
-           "    huggingface-cli download black-forest-labs/FLUX.1-dev --local-dir /workspace/lora_training/models/FLUX.1-dev\n"
+_GET_IT = ("Get it once on a machine with access (accept the licence on the model page, then `hf auth login`):\n"
+           "    hf download black-forest-labs/FLUX.1-dev --local-dir /workspace/lora_training/models/FLUX.1-dev\n"
            "then set MODEL_PATH to that folder. For a try-out without weights use the demo profile (MODEL_PATH=builtin:tiny).")
 _TREE = "Expected a diffusers-format FLUX.1-dev folder:\n  MODEL_PATH/\n" + ''.join(
     f"  ├── {n}{'' if n.endswith('.json') else '/'}\n" for n in LAYOUT)

@@ -3,8 +3,9 @@
 import shutil
 from pathlib import Path
 import pytest
-from fluxid_nb.config import resolve_config, ConfigError, configs_dir, GUIDE_ENV
-from fluxid_nb.checks import validate
+import os
+from fluxid_nb.config import resolve_config, ConfigError, configs_dir, GUIDE_ENV, env_near_misses, env_report
+from fluxid_nb.checks import validate, dry_run_report
 
 # guide variable → (config key, env text, typed env value, explicit parameter value)
 CASES = {
@@ -90,6 +91,50 @@ def test_bad_parameter_names_source():
         resolve_config('fast', env={}, rank=0)
     with pytest.raises(ConfigError, match='Did you mean'):
         resolve_config('fast', env={}, netwrok_alpha=3)
+
+
+@pytest.mark.parametrize('name,meant,why', [
+    ('NOISE_OFSET', 'NOISE_OFFSET', 'no such variable'), ('NOSIE_OFFSET', 'NOISE_OFFSET', 'no such variable'),
+    ('LEARNING_RAT', 'LEARNING_RATE', 'no such variable'), ('GRADACCUM', 'GRAD_ACCUM', 'no such variable'),
+    ('OUTDIR', 'OUT_DIR', 'no such variable'), ('MAX_STEP', 'MAX_STEPS', 'no such variable'), ('SEDD', 'SEED', 'no such variable'),
+    ('noise_offset', 'NOISE_OFFSET', 'case-sensitive'), ('Rank', 'RANK', 'case-sensitive'),
+    ('fluxid_lr_scheduler', 'FLUXID_LR_SCHEDULER', 'case-sensitive'),
+    ('LR_SCHEDULER', 'FLUXID_LR_SCHEDULER', 'FLUXID_<KEY>'), ('FLUX_SEED', 'FLUXID_SEED', 'no such variable'),
+])
+def test_near_miss_environment_variables_are_named(name, meant, why):
+    "An unprefixed typo is not an error (it could be anyone's variable) but it is never silent."
+    env = {name: '0.08'}
+    assert resolve_config('fast', env=env, run_name='x').noise_offset == 0.05  # still ignored: the profile's value
+    (w,) = env_near_misses(env)
+    assert w.startswith(f"{name}=0.08 is ignored") and f"did you mean {meant}?" in w and why in w
+    assert f"warning: {w}" in env_report(env)
+
+
+# what a pod's environment holds: shell, container, CUDA, launchers, Hugging Face, Python, clusters, trackers
+POD_ENV = """PATH HOME USER SHELL PWD OLDPWD SHLVL TERM LANG LC_ALL LANGUAGE HOSTNAME LOGNAME MAIL TZ DEBIAN_FRONTEND EDITOR PAGER
+LESS LS_COLORS COLORTERM DISPLAY SSH_CLIENT SSH_CONNECTION SSH_TTY _ TMPDIR XDG_RUNTIME_DIR XDG_DATA_DIRS XDG_CACHE_HOME
+HISTFILE PS1 COLUMNS LINES TERM_PROGRAM FORCE_COLOR MPLBACKEND RUNPOD_POD_ID RUNPOD_API_KEY RUNPOD_GPU_COUNT RUNPOD_PUBLIC_IP
+PUBLIC_KEY JUPYTER_PASSWORD JUPYTER_TOKEN NVIDIA_VISIBLE_DEVICES NVIDIA_DRIVER_CAPABILITIES NVIDIA_REQUIRE_CUDA CUDA_VERSION
+NCCL_VERSION LIBRARY_PATH LD_LIBRARY_PATH NVARCH CUDA_HOME TORCH_CUDA_ARCH_LIST CUDA_VISIBLE_DEVICES RANK WORLD_SIZE LOCAL_RANK
+LOCAL_WORLD_SIZE GROUP_RANK ROLE_RANK ROLE_NAME ROLE_WORLD_SIZE GROUP_WORLD_SIZE MASTER_ADDR MASTER_PORT NODE_RANK
+TORCHELASTIC_RUN_ID OMP_NUM_THREADS ACCELERATE_MIXED_PRECISION ACCELERATE_USE_CPU HF_HOME HF_TOKEN HF_HUB_ENABLE_HF_TRANSFER
+HF_HUB_OFFLINE HUGGINGFACE_HUB_CACHE TRANSFORMERS_CACHE DIFFUSERS_CACHE TOKENIZERS_PARALLELISM PYTHONPATH PYTHONUNBUFFERED
+PYTHONHASHSEED PIP_NO_CACHE_DIR VIRTUAL_ENV CONDA_PREFIX CONDA_DEFAULT_ENV MAMBA_ROOT_PREFIX UV_CACHE_DIR SLURM_JOB_ID
+SLURM_PROCID MODULEPATH MODULESHOME LOADEDMODULES WANDB_API_KEY WANDB_PROJECT WANDB_MODE MLFLOW_TRACKING_URI JPY_PARENT_PID
+KUBERNETES_SERVICE_HOST HTTP_PROXY https_proxy NO_PROXY AWS_ACCESS_KEY_ID GOOGLE_APPLICATION_CREDENTIALS DATA_PATH
+OUTPUT_DIR MODEL_DIR WORK_DIR WORKDIR CACHE_DIR LOG_LEVEL DEBUG PORT HOST VERSION MODE FLUXID_CACHE FLUXID_CONFIGS_DIR""".split()
+
+
+def test_near_misses_stay_quiet_on_real_environments():
+    assert env_near_misses(os.environ) == []                       # this machine
+    assert env_near_misses({k: '1' for k in POD_ENV}) == []        # a pod under torchrun / accelerate, with the usual tools
+    assert env_near_misses({'NOISE_OFFSET': '0.1', 'LORA_RANK': '8', 'FLUXID_SEED': '3'}) == []  # variables fluxid reads
+
+
+def test_dry_run_warns_about_near_misses(monkeypatch):
+    monkeypatch.setenv('NOISE_OFSET', '0.08')
+    c = resolve_config('demo', env={}, run_name='x', out_dir='/tmp/fluxid-dry-run-test')
+    assert "warning: NOISE_OFSET=0.08 is ignored (no such variable): did you mean NOISE_OFFSET?" in dry_run_report(c)
 
 
 def _copy_configs(tmp_path):

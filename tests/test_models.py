@@ -24,5 +24,5 @@ def test_tiny_pipeline_offline_roundtrip(tmp_path, monkeypatch):
 
 
 def test_missing_model_path_message(tmp_path):
-    with pytest.raises(ModelError, match='huggingface-cli download black-forest-labs/FLUX.1-dev'):
+    with pytest.raises(ModelError, match='hf download black-forest-labs/FLUX.1-dev'):
         check_model_dir(tmp_path/'nope')
