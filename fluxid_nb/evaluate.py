@@ -16,7 +16,7 @@ from .models import check_model_dir, eval_mode, torch_dtype
 from .data import load_dataset, load_image
 from .caches import build_caches, fixed_noise_loss
 from .lora import Checkpoint, LoraPipeline, RunInfo, read_run, select_checkpoints
-from .faces import COPY_FACE_DISTANCE, COPY_HASH_BITS, SAME_PERSON_DISTANCE, _mean
+from .faces import COPY_FACE_DISTANCE, COPY_HASH_BITS, SAME_PERSON_DISTANCE, CALIBRATION_PERCENTILE, CALIBRATION_FLOOR, _mean, _rate
 from .faces import build_reference, clip_scorer, clip_text, identity_stats, measure_image, reference_stats
 from .pictures import label_grid, markdown_html, plain_json
 from .prompts import EvalPrompt, read_eval_prompts, IDENTITY_KINDS, BLEED_KINDS
@@ -34,8 +34,8 @@ def summarize(records: list, control: list | None = None) -> dict:
     idn = [r for r in records if r['kind'] in IDENTITY_KINDS]
     bl = [r for r in records if r['kind'] in BLEED_KINDS]
     s = dict(images=len(records), identity_images=len(idn), bleed_images=len(bl)) | identity_stats(idn)
-    s |= dict(copy_rate=sum(r['copy'] for r in records) / len(records) if records else None,
-              bleed_rate=sum(bool(r['same_person']) for r in bl) / len(bl) if bl else None,
+    (cr, cr_ci), (br, br_ci) = _rate(sum(r['copy'] for r in records), len(records)), _rate(sum(bool(r['same_person']) for r in bl), len(bl))
+    s |= dict(copy_rate=cr, copy_rate_ci=cr_ci, bleed_rate=br, bleed_rate_ci=br_ci,
               change_vs_control=_mean([r.get('change_vs_control') for r in records]),
               clip_score=_mean([r.get('clip_score') for r in idn]),
               by_kind={k: sum(bool(r['same_person']) for r in idn if r['kind'] == k) / n
@@ -63,12 +63,8 @@ def verdict(s: dict, ref_stats: dict) -> tuple[str, str]:
     if s['identity_images'] == 0: return 'not measurable', "no prompt with the trigger was evaluated"
     if s['face_rate'] < MIN_FACE_RATE:
         return 'no faces', f"faces in only {s['face_rate']:.0%} of the images with the trigger"
-    spread = ref_stats.get('reference_spread')
     if s['copy_rate'] is not None and s['copy_rate'] >= MAX_COPY_RATE:
         return 'sameface', f"{s['copy_rate']:.0%} of the images are copies of a training image"
-    if spread and s['mutual_distance'] is not None and s['mutual_distance'] < MIN_RELATIVE_SPREAD * spread:
-        return 'sameface', (f"faces across different prompts are {s['mutual_distance']:.2f} apart, under half the training "
-                            f"photos' own spread ({spread:.2f})")
     hd = ref_stats.get('hash_diversity')
     if hd and s['hash_diversity'] is not None and s['hash_diversity'] < MIN_RELATIVE_SPREAD * hd:
         return 'sameface', f"pictures barely change with the prompt (diversity {s['hash_diversity']:.2f} vs {hd:.2f} in the training set)"
@@ -120,12 +116,19 @@ def recommend(cells: list) -> Recommendation:
     ok = [c for c in cells if c['verdict'] == 'pass']
     notes = []
     if ok:
-        best = max(ok, key=lambda c: (c['summary']['identity_rate'], c['summary']['identity_similarity'] or 0,
-                                      -c['step'], -abs(c['strength'] - 1.0)))
+        top = max(ok, key=lambda c: (c['summary']['identity_rate'], c['summary']['identity_similarity'] or 0))
+        ci = lambda c: c['summary'].get('identity_rate_ci') or [c['summary']['identity_rate']] * 2
+        tied = [c for c in ok if ci(c)[1] >= ci(top)[0]]  # intervals overlap the best's: not separable on these images
+        best = min(tied, key=lambda c: (c['step'], abs(c['strength'] - 1.0), -c['summary']['identity_rate']))
+        lo, hi = ci(best)
+        why = (f"identity rate {best['summary']['identity_rate']:.0%} (95 % interval {lo:.0%}–{hi:.0%})" +
+               (f"; {len(tied)} passing cells have overlapping intervals, so they cannot be told apart on these images: "
+                "the earliest checkpoint and the strength nearest 1.0 among them" if len(tied) > 1 else
+                f"; its interval lies above every other passing cell's" if len(ok) > 1 else ""))
         for k, v in best['summary'].get('by_kind', {}).items():
             if k in KIND_ADVICE and v < MIN_IDENTITY_RATE: notes.append(f"{k} prompts: identity rate {v:.0%}. " + KIND_ADVICE[k])
         return Recommendation(best['step'], best['strength'], best['label'], 'pass',
-                              f"{best['label']} at strength {best['strength']:g}: {best['reason']}", notes)
+                              f"{best['label']} at strength {best['strength']:g}: {why}", notes)
     counts = {v: sum(c['verdict'] == v for c in cells) for v in VERDICTS}
     weak_early = [c['step'] for c in cells if c['verdict'] == 'weak identity']
     same_late = [c['step'] for c in cells if c['verdict'] == 'sameface']
@@ -359,13 +362,15 @@ def evaluation_json(ev: Evaluation) -> dict:
                                            copy_face_distance=COPY_FACE_DISTANCE, min_face_rate=MIN_FACE_RATE,
                                            min_identity_rate=MIN_IDENTITY_RATE, min_gain_over_control=MIN_GAIN_OVER_CONTROL,
                                            max_copy_rate=MAX_COPY_RATE, min_relative_spread=MIN_RELATIVE_SPREAD,
-                                           max_bleed_gain=MAX_BLEED_GAIN, no_effect_change=NO_EFFECT_CHANGE),
+                                           max_bleed_gain=MAX_BLEED_GAIN, no_effect_change=NO_EFFECT_CHANGE,
+                                           calibration_percentile=CALIBRATION_PERCENTILE, calibration_floor=CALIBRATION_FLOOR,
+                                           same_person_distance_calibrated=ev.reference.get('same_person_distance'), intervals='Wilson 95 %'),
                            recommendation=dataclasses.asdict(r) if r else None, notes=ev.notes, clip=ev.clip,
                            checkpoints=ev.checkpoints, cells=ev.cells, images=ev.records, timings=ev.timings), drop=('thumb', 'embedding'))
 
-def _fmt(v, pct=False):
+def _fmt(v, pct=False, ci=None):
     if v is None: return '—'
-    return f'{v:.0%}' if pct else f'{v:.3f}' if isinstance(v, float) else str(v)
+    return (f'{v:.0%}' + (f' ({ci[0]:.0%}–{ci[1]:.0%})' if ci else '')) if pct else f'{v:.3f}' if isinstance(v, float) else str(v)
 
 # %% ../nbs/evaluate.ipynb #abe4e952
 def report_markdown(ev: Evaluation) -> str:
@@ -383,20 +388,23 @@ def report_markdown(ev: Evaluation) -> str:
           f"- generation: {s['generator']}, {s['resolution']}², {s['steps']} steps, guidance {s['guidance']:g}, "
           f"strengths {', '.join(f'{x:g}' for x in ev.strengths)} (+ base model 0), seeds {ev.seeds}, {len(ev.prompts)} prompts",
           f"- reference: {ref['faces']} face(s) in {ref['images']} training images"
-          + (f"; identity medoid `{ref['medoid']}`, training faces spread {_fmt(ref['reference_spread'])}" if ref['faces'] else ''),
+          + (f"; identity medoid `{ref['medoid']}`, training faces spread {_fmt(ref['reference_spread'])}; same person below "
+             f"{ref['same_person_distance']:.3f} ({'calibrated: ' + str(CALIBRATION_PERCENTILE) + 'th percentile of the subject' + chr(39) + 's own leave-one-out spread, within ' + str(CALIBRATION_FLOOR) + '–0.6' if ref['calibrated'] else 'dlib' + chr(39) + 's 0.6: too few faces to calibrate'})" if ref['faces'] else ''),
           f"- training-set diversity: pHash {_fmt(ref['hash_diversity'])}, colour {_fmt(ref['pixel_diversity'])}, "
           f"pose spread {_fmt(ref['pose_spread'])}°",
           f"- prompt adherence: {ev.clip}",
           f"- time: {ev.timings['total_s']:.0f} s in all, {_fmt(ev.timings.get('per_checkpoint_s'))} s per checkpoint "
           f"({len(ev.strengths)} strengths × {len(ev.prompts) * len(ev.seeds)} images)", ""]
     L += ["## Checkpoint × strength", "",
-          "| checkpoint | strength | verdict | faces | identity rate | identity sim. | copies | face spread | diversity | colour div. | bleeding | change vs base | CLIP |",
-          "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+          "Rates with their Wilson 95 % interval in brackets; *own pct.*: median percentile of the faces against the subject's own photos.", "",
+          "| checkpoint | strength | verdict | faces | identity rate | own pct. | identity sim. | copies | face spread | diversity | colour div. | bleeding | change vs base | CLIP |",
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in ev.cells:
         m = c['summary']
-        L.append(f"| {c['label']} | {c['strength']:g} | {c['verdict']} | {_fmt(m['face_rate'], 1)} | {_fmt(m['identity_rate'], 1)} | "
-                 f"{_fmt(m['identity_similarity'])} | {_fmt(m['copy_rate'], 1)} | {_fmt(m['mutual_distance'])} | {_fmt(m['hash_diversity'])} | "
-                 f"{_fmt(m['pixel_diversity'])} | {_fmt(m['bleed_rate'], 1)} | {_fmt(m['change_vs_control'])} | {_fmt(m['clip_score'])} |")
+        L.append(f"| {c['label']} | {c['strength']:g} | {c['verdict']} | {_fmt(m['face_rate'], 1, m['face_rate_ci'])} | "
+                 f"{_fmt(m['identity_rate'], 1, m['identity_rate_ci'])} | {_fmt(m['identity_percentile'])} | {_fmt(m['identity_similarity'])} | "
+                 f"{_fmt(m['copy_rate'], 1, m['copy_rate_ci'])} | {_fmt(m['mutual_distance'])} | {_fmt(m['hash_diversity'])} | "
+                 f"{_fmt(m['pixel_diversity'])} | {_fmt(m['bleed_rate'], 1, m['bleed_rate_ci'])} | {_fmt(m['change_vs_control'])} | {_fmt(m['clip_score'])} |")
     L += ["", "Why: " + '; '.join(f"{c['label']} × {c['strength']:g}: {c['reason']}" for c in ev.cells if c['verdict'] != 'control'), ""]
     L += ["## Checkpoints: loss and time", "", "| checkpoint | step | held-out loss | train loss (20-step mean) | seconds |", "|---|---|---|---|---|"]
     L += [f"| {c['label']} | {c['step']} | {_fmt(c['heldout_loss'])} | {_fmt(c['train_loss'])} | {c['seconds']:.1f} |" for c in ev.checkpoints]
@@ -438,7 +446,7 @@ def evaluate(run_dir: str | Path = '',     # run folder written by `fluxid train
              lora: str | Path = '',        # or a single LoRA file
              checkpoints: str = 'all',     # 'all', 'last', 'last3', or steps '500,1000'
              strengths='0.5,0.8,1.0,1.2',  # LoRA strengths (the base model, strength 0, is always the control)
-             seeds='1234',                 # seeds; every prompt uses each of them
+             seeds='auto',                 # seeds; every prompt uses each ('auto': 1234,1235 on a GPU, 1234 on a CPU)
              steps: int = 0,               # inference steps (0: the run's sample_steps)
              guidance: float = 0.0,        # guidance (0: the run's sample_guidance)
              resolution: int = 0,          # image side (0: the run's training resolution)
@@ -454,6 +462,7 @@ def evaluate(run_dir: str | Path = '',     # run folder written by `fluxid train
              log=print) -> Evaluation:
     "Evaluate a run's checkpoints (or a LoRA) and write grids, plot, eval.json and the report."
     run = read_run(run_dir, lora, data_dir, model_path)
+    seeds = ('1234,1235' if torch.cuda.is_available() else '1234') if seeds == 'auto' else seeds
     cks = select_checkpoints(run.checkpoints, checkpoints)
     sp = (run.cfg.sample_prompts if run.cfg else 'sample_prompts.txt') if sample_prompts else None
     ps = read_eval_prompts(run.trigger, prompts, sp, max_prompts)

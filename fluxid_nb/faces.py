@@ -13,10 +13,12 @@ from PIL import Image
 
 # %% auto #0
 __all__ = ['POSES', 'FRAMINGS', 'FRONT_MAX_YAW', 'THREE_QUARTER_MAX_YAW', 'FRAMING_MIN', 'MIN_SCORE', 'EXTRA_FACE_MIN_SCORE',
-           'DETECT_MAX_SIDE', 'SAME_PERSON_DISTANCE', 'COPY_HASH_BITS', 'COPY_FACE_DISTANCE', 'FaceModelsMissing',
-           'face_models_dir', 'yaw_from_landmarks', 'pose_label', 'framing_label', 'Face', 'detect_faces',
-           'identity_distance', 'identity_similarity', 'medoid_index', 'medoid', 'face_embedding', 'Reference',
-           'build_reference', 'measure_image', 'reference_stats', 'identity_stats', 'find_clip', 'ClipScorer',
+           'DETECT_MAX_SIDE', 'SAME_PERSON_DISTANCE', 'CNN_FALLBACK', 'CNN_MAX_SIDE', 'CNN_MIN_SCORE',
+           'CALIBRATION_PERCENTILE', 'CALIBRATION_MIN_FACES', 'CALIBRATION_FLOOR', 'COPY_HASH_BITS',
+           'COPY_FACE_DISTANCE', 'FaceModelsMissing', 'face_models_dir', 'yaw_from_landmarks', 'pose_label',
+           'framing_label', 'Face', 'detect_faces', 'identity_distance', 'identity_similarity', 'medoid_index',
+           'medoid', 'face_embedding', 'own_spread', 'calibrated_threshold', 'own_percentile', 'Reference',
+           'build_reference', 'measure_image', 'wilson', 'reference_stats', 'identity_stats', 'find_clip', 'ClipScorer',
            'clip_text', 'clip_scorer']
 
 # %% ../nbs/05_faces.ipynb #aaf04b03
@@ -85,6 +87,7 @@ class Face:
     yaw_deg: float
     pose: str             # front | three-quarter | profile
     framing: str          # close-up | portrait | mid | full body
+    detector: str = 'hog' # hog | cnn
     @property
     def height(self) -> float: return self.box[3] - self.box[1]
     @property
@@ -101,28 +104,50 @@ def _face_shaped(lm: np.ndarray, box_w: float) -> bool:
     eye_y, nose_y, mouth_y, chin_y = p[36:48, 1].mean(), p[30, 1], p[48:68, 1].mean(), p[8, 1]
     return eye_y < nose_y < mouth_y < chin_y
 
-def detect_faces(img: Image.Image,   # any PIL image (converted to RGB)
-                 embed: bool = True  # compute the 128-d identity embedding of each face
-                ) -> list[Face]:
-    "Faces in an image, largest first, with pose, framing and embedding."
+CNN_FALLBACK = True  # where HOG finds nothing, dlib's CNN (MMOD) detector looks: turned, sheared, stylised faces
+CNN_MAX_SIDE = 512   # the CNN looks at most at this size; its CPU cost grows with the area (bench/bench_faces.py)
+CNN_MIN_SCORE = 0.5  # MMOD confidence needed (real faces: ~1.0)
+
+@lru_cache(maxsize=1)
+def _cnn():
     import dlib
-    det, sp, rec = _models()
+    return dlib.cnn_face_detection_model_v1(str(face_models_dir()/'mmod_human_face_detector.dat'))
+
+def _scaled(img: Image.Image, side: int) -> tuple:
+    s = min(1.0, side / max(img.size))
+    w = img if s == 1.0 else img.resize((round(img.width * s), round(img.height * s)), Image.Resampling.BILINEAR)
+    return np.ascontiguousarray(np.asarray(w)), s
+
+def _faces_in(a, found, scale, img, embed, detector) -> list:
+    "Faces from detector boxes [(rect, score)] on array a (image scaled by `scale`), landmark-guarded."
+    sp, rec = _models()[1:]
+    out = []
+    for r, s in found:
+        shape = sp(a, r)
+        lm = np.array([[p.x, p.y] for p in shape.parts()], float)
+        if not _face_shaped(lm, r.width()): continue
+        emb = np.array(rec.compute_face_descriptor(a, shape), np.float32) if embed else np.zeros(128, np.float32)
+        yaw = yaw_from_landmarks(lm)
+        box = tuple(v / scale for v in (r.left(), r.top(), r.right(), r.bottom()))
+        out.append(Face(box, float(s), lm / scale, emb, yaw, pose_label(yaw), framing_label(box[3] - box[1], img.height), detector))
+    return out
+
+def detect_faces(img: Image.Image,    # any PIL image (converted to RGB)
+                 embed: bool = True,  # compute the 128-d identity embedding of each face
+                 cnn: bool | None = None # CNN detector where HOG finds nothing (None: CNN_FALLBACK)
+                ) -> list[Face]:
+    "Faces in an image, largest first, with pose, framing and embedding: HOG first, dlib's CNN where HOG finds none."
+    det = _models()[0]
     img = img if img.mode == 'RGB' else img.convert('RGB')
-    scale = min(1.0, DETECT_MAX_SIDE / max(img.size))
-    work = img if scale == 1.0 else img.resize((round(img.width * scale), round(img.height * scale)), Image.Resampling.BILINEAR)
-    a = np.ascontiguousarray(np.asarray(work))
+    a, scale = _scaled(img, DETECT_MAX_SIDE)
     faces = []
     for up in (0, 1):
         rects, scores, _ = det.run(a, up, MIN_SCORE[up])
-        for r, s in zip(rects, scores):
-            shape = sp(a, r)
-            lm = np.array([[p.x, p.y] for p in shape.parts()], float)
-            if not _face_shaped(lm, r.width()): continue
-            emb = np.array(rec.compute_face_descriptor(a, shape), np.float32) if embed else np.zeros(128, np.float32)
-            yaw = yaw_from_landmarks(lm)
-            box = tuple(v / scale for v in (r.left(), r.top(), r.right(), r.bottom()))
-            faces.append(Face(box, float(s), lm / scale, emb, yaw, pose_label(yaw), framing_label(box[3] - box[1], img.height)))
+        faces = _faces_in(a, zip(rects, scores), scale, img, embed, 'hog')
         if faces: break
+    if not faces and (CNN_FALLBACK if cnn is None else cnn) and min(img.size) >= 80:  # it finds faces of ~80 px and up
+        a, scale = _scaled(img, CNN_MAX_SIDE)
+        faces = _faces_in(a, [(d.rect, d.confidence) for d in _cnn()(a, 0) if d.confidence >= CNN_MIN_SCORE], scale, img, embed, 'cnn')
     best = max((f.score for f in faces), default=0)
     faces = [f for f in faces if f.score == best or f.score >= EXTRA_FACE_MIN_SCORE]
     return sorted(faces, key=lambda f: -f.width * f.height)
@@ -154,6 +179,26 @@ def face_embedding(img: Image.Image) -> np.ndarray | None:
     return faces[0].embedding if faces else None
 
 # %% ../nbs/05_faces.ipynb #652bacda
+CALIBRATION_PERCENTILE = 90   # a generated face is the subject when as close as 90 % of the subject's own photos
+CALIBRATION_MIN_FACES = 3     # fewer training faces: no calibration, dlib's 0.6 alone
+CALIBRATION_FLOOR = 0.4       # never stricter than this (near-duplicate training photos spread < 0.2: copy territory)
+
+def own_spread(embeddings) -> np.ndarray:
+    "Leave-one-out distances: each training face to the medoid of the others (the subject's own spread)."
+    e = np.asarray(embeddings, float).reshape(-1, 128)
+    if len(e) < 2: return np.zeros(0)
+    return np.array([identity_distance(e[i], medoid(np.delete(e, i, 0))) for i in range(len(e))])
+
+def calibrated_threshold(spread) -> float:
+    "Same-person distance for this subject: the 90th percentile of their own spread, within [0.4, 0.6]."
+    if len(spread) < CALIBRATION_MIN_FACES: return SAME_PERSON_DISTANCE
+    return float(np.clip(np.percentile(spread, CALIBRATION_PERCENTILE), CALIBRATION_FLOOR, SAME_PERSON_DISTANCE))
+
+def own_percentile(d: float, spread) -> float | None:
+    "Share (%) of the subject's own photos closer to their medoid than a face at distance d."
+    return float(100 * np.mean(np.asarray(spread) < d)) if len(spread) else None
+
+# %% ../nbs/05_faces.ipynb #9ff88aa9
 COPY_HASH_BITS = 10        # pHash distance (of 64) at or below which a generation is the same picture as a training image
 COPY_FACE_DISTANCE = 0.2   # face distance below which a face is a copy of one training face (other photos of a person: 0.3–0.5)
 
@@ -174,6 +219,8 @@ class Reference:
     hashes: list                 # pHash of every image
     thumbs: np.ndarray           # (n, 16, 16, 3)
     yaws: list
+    def __post_init__(self):  # the subject's own spread and the same-person distance calibrated on it
+        self.spread = own_spread(self.embeddings); self.threshold = calibrated_threshold(self.spread)
     @property
     def has_identity(self) -> bool: return len(self.embeddings) > 0
     @property
@@ -202,7 +249,7 @@ def measure_image(img: Image.Image,   # a generated image
     fs = detect_faces(img)
     h = _phash(img)
     hd = [h - r for r in ref.hashes]
-    rec = dict(faces=len(fs), identity_similarity=None, identity_distance=None, same_person=None, nearest_train=None,
+    rec = dict(faces=len(fs), identity_similarity=None, identity_distance=None, same_person=None, identity_percentile=None, nearest_train=None,
                nearest_train_distance=None, nearest_hash=ref.names[int(np.argmin(hd))] if hd else None,
                nearest_hash_bits=int(min(hd)) if hd else None, yaw=None, pose=None, phash=str(h), copy=False)
     if fs:
@@ -215,7 +262,8 @@ def measure_image(img: Image.Image,   # a generated image
             if bleed:
                 rec['identity_distance'] = min(identity_distance(g.embedding, med) for g in fs)
                 rec['identity_similarity'] = max(identity_similarity(g.embedding, med) for g in fs)
-            rec['same_person'] = rec['identity_distance'] < SAME_PERSON_DISTANCE
+            rec['same_person'] = rec['identity_distance'] < ref.threshold
+            rec['identity_percentile'] = own_percentile(rec['identity_distance'], ref.spread)
             d = [identity_distance(f.embedding, e) for e in ref.embeddings]
             rec.update(nearest_train=ref.face_names[int(np.argmin(d))], nearest_train_distance=float(min(d)))
             rec['embedding'] = f.embedding
@@ -228,6 +276,13 @@ def measure_image(img: Image.Image,   # a generated image
 def _pairwise(xs, fn): return [fn(a, b) for a, b in itertools.combinations(xs, 2)]
 def _mean(xs): xs = [x for x in xs if x is not None]; return float(np.mean(xs)) if xs else None
 def _median(xs): xs = [x for x in xs if x is not None]; return float(np.median(xs)) if xs else None
+def wilson(k: int, n: int, z: float = 1.96) -> list | None:
+    "Wilson score interval [low, high] of the rate k/n (95 % for z = 1.96); None when n is 0."
+    if not n: return None
+    p, d = k / n, 1 + z * z / n
+    c, h = (p + z * z / (2 * n)) / d, z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return [max(0.0, c - h), min(1.0, c + h)]
+def _rate(k, n) -> tuple: return (k / n if n else None), wilson(k, n)
 def _hash_div(hashes): return _mean(_pairwise(hashes, lambda a, b: (a - b) / 64))
 def _pixel_div(thumbs): return _mean(_pairwise(thumbs, lambda a, b: float(np.abs(a - b).mean())))
 
@@ -236,15 +291,18 @@ def reference_stats(ref: Reference) -> dict:
     return dict(images=len(ref.names), faces=len(ref.embeddings), medoid=ref.medoid_name,
                 reference_spread=_median(_pairwise(list(ref.embeddings), identity_distance)),
                 hash_diversity=_hash_div(ref.hashes), pixel_diversity=_pixel_div(list(ref.thumbs)),
-                pose_spread=float(np.std(ref.yaws)) if len(ref.yaws) > 1 else None)
+                pose_spread=float(np.std(ref.yaws)) if len(ref.yaws) > 1 else None,
+                own_spread=[round(float(d), 4) for d in ref.spread], same_person_distance=ref.threshold,
+                calibrated=len(ref.spread) >= CALIBRATION_MIN_FACES)
 
 def identity_stats(records: list) -> dict:
     "Identity and variety of images measured by `measure_image` (a missing face counts as not the person)."
     faces = [r for r in records if r['faces']]
     embs = [r['embedding'] for r in records if r.get('embedding') is not None]
     n = len(records)
-    return dict(face_rate=len(faces) / n if n else None,
-                identity_rate=sum(bool(r['same_person']) for r in records) / n if n else None,
+    (fr, fr_ci), (ir, ir_ci) = _rate(len(faces), n), _rate(sum(bool(r['same_person']) for r in records), n)
+    return dict(face_rate=fr, face_rate_ci=fr_ci, identity_rate=ir, identity_rate_ci=ir_ci,
+                identity_percentile=_median([r.get('identity_percentile') for r in faces]),
                 identity_similarity=_mean([r['identity_similarity'] for r in faces]),
                 identity_distance=_median([r['identity_distance'] for r in faces]),
                 mutual_distance=_median(_pairwise(embs, identity_distance)) if len(embs) > 1 else None,
