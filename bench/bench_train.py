@@ -23,7 +23,7 @@ def child(job: dict) -> dict:
         t_imp = time.perf_counter() - T0
         losses = plain_train(Path(job['model']), Path(job['data']), job['steps'], job['resolution'], job['rank'], job['t5_len'],
                              on_step=lambda s: stamps.append(time.perf_counter()))
-        setup = None
+        setup = gate = None
     else:
         from fluxid_nb.train import Trainer
         from fluxid_nb.config import resolve_config
@@ -34,14 +34,15 @@ def child(job: dict) -> dict:
                              network_dim=job['rank'], network_alpha=job['rank'], t5_max_length=job['t5_len'])
         from fluxid_nb.analyze import dataset_gate
         tr = Trainer(cfg, log=lambda *a: None)
-        t = time.perf_counter(); dataset_gate(cfg, log=lambda *a: None); tr.setup(); setup = time.perf_counter() - t  # what `fluxid train` does
+        t = time.perf_counter(); dataset_gate(cfg, log=lambda *a: None); gate = time.perf_counter() - t
+        tr.setup(); setup = time.perf_counter() - t  # what `fluxid train` does: the gate, then the caches and the model
         step = tr.optimizer.step
         def timed(*a, **k):
             r = step(*a, **k); stamps.append(time.perf_counter()); return r
         tr.optimizer.step = timed
         res = tr.run(); losses = res.losses
     steps = [b - a for a, b in zip(stamps, stamps[1:])][1:]  # drop the first (warm-up) interval
-    return dict(import_s=t_imp, setup_s=setup, first_step_s=stamps[0] - T0, sec_per_step=statistics.median(steps),
+    return dict(import_s=t_imp, setup_s=setup, gate_s=gate, first_step_s=stamps[0] - T0, sec_per_step=statistics.median(steps),
                 peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, loss_first=losses[0], loss_last=losses[-1])
 
 def run_job(job: dict) -> dict:
@@ -58,12 +59,12 @@ def models(work: Path) -> dict:
     return dict(demo=(tiny_flux(), 256, 8, 64), bigger=(build_bench_flux(work/'models'/'bench-big-v1', **BIG), 256, 16, 128)), demo_subject()
 
 def table(rows) -> str:
-    out = ["| model | trainer | s/step | peak RSS MB | time to first step s | of which setup s | loss first→last |",
-           "|---|---|---:|---:|---:|---:|---|"]
+    out = ["| model | trainer | s/step | peak RSS MB | time to first step s | of which imports s | of which setup s (gate) | loss first→last |",
+           "|---|---|---:|---:|---:|---:|---:|---|"]
     for r in rows:
-        setup = '' if r['setup_s'] is None else f"{r['setup_s']:.1f}"
+        setup = '' if r['setup_s'] is None else f"{r['setup_s']:.1f} ({r.get('gate_s') or 0:.1f})"
         out.append(f"| {r['model']} | {r['trainer']} | {r['sec_per_step']:.3f} | {r['peak_rss_mb']:.0f} | {r['first_step_s']:.1f} | "
-                   f"{setup} | {r['loss_first']:.3f}→{r['loss_last']:.3f} |")
+                   f"{r['import_s']:.1f} | {setup} | {r['loss_first']:.3f}→{r['loss_last']:.3f} |")
     out.append('')
     for m in dict.fromkeys(r['model'] for r in rows):
         p = next(r for r in rows if r['model'] == m and r['trainer'] == 'plain loop')
@@ -94,7 +95,8 @@ def main(argv=None):
                              ('fluxid, cache reused', dict(base, kind='fluxid', cache=str(cache), run=f'{name}_warm'))):
             r = run_job(job) | dict(model=name, trainer=trainer)
             rows.append(r)
-            print(f"  {name:<7} {trainer:<22} {r['sec_per_step']:.3f} s/step  peak {r['peak_rss_mb']:.0f} MB  first step {r['first_step_s']:.1f} s", flush=True)
+            print(f"  {name:<7} {trainer:<22} {r['sec_per_step']:.3f} s/step  peak {r['peak_rss_mb']:.0f} MB  first step {r['first_step_s']:.1f} s"
+                  f" (imports {r['import_s']:.1f} s" + (f", setup {r['setup_s']:.1f} s of which gate {r['gate_s']:.1f} s)" if r['setup_s'] else ')'), flush=True)
         shutil.rmtree(cache, ignore_errors=True)
     md = table(rows)
     info = dict(steps=a.steps, threads=a.threads, models={k: dict(path=str(v[0]), resolution=v[1], rank=v[2], t5_len=v[3]) for k, v in mods.items()},

@@ -18,9 +18,10 @@ from .data import (Dataset, DatasetError, Finding, assign_bucket, bucket_sizes, 
                             detect_trigger, has_trigger, load_dataset, load_image)
 
 # %% auto #0
-__all__ = ['ANALYSIS_MAX_SIDE', 'BLUR_MIN', 'BLUR_RELATIVE', 'NEAR_DUP_MAX', 'EXTREME_ASPECT', 'caption_findings', 'image_stats',
-           'image_hashes', 'exposure_label', 'lighting_look', 'Analysis', 'analyze', 'contact_sheet', 'report_markdown',
-           'analysis_json', 'write_report', 'format_findings', 'DatasetRefused', 'dataset_gate']
+__all__ = ['ANALYSIS_MAX_SIDE', 'BLUR_MIN', 'BLUR_RELATIVE', 'NEAR_DUP_MAX', 'EXTREME_ASPECT', 'GATE_SETTINGS', 'GATE_CODE',
+           'caption_findings', 'image_stats', 'image_hashes', 'exposure_label', 'lighting_look', 'Analysis', 'analyze',
+           'contact_sheet', 'report_markdown', 'analysis_json', 'write_report', 'format_findings', 'DatasetRefused',
+           'dataset_gate']
 
 # %% ../nbs/analyze.ipynb #55fc2e78
 def _norm_caption(c: str) -> str: return ' '.join(caption_words(c))
@@ -474,15 +475,19 @@ def format_findings(a: Analysis) -> str:
                      + [str(f) for f in a.findings])
 
 # %% ../nbs/analyze.ipynb #41de76c8
-class DatasetRefused(RuntimeError):
-    "The analyzer found error-level problems in the dataset."
-
+class DatasetRefused(RuntimeError): "The analyzer found error-level problems in the dataset."
+GATE_SETTINGS, GATE_CODE = ('trigger', 'resolution', 'min_bucket_reso', 'max_bucket_reso', 'bucket_step', 'max_upscale', 'model_path'), ('analyze', 'data', 'faces', 'prompts')
 def dataset_gate(cfg: Config,                          # the run's config: dataset, trigger, buckets, override
                  report_dir: str | Path | None = None,  # write the analyzer's report here (None: no report)
                  log=print                              # where the override and a failed report write are told
                 ) -> Analysis:
-    "Analyze the dataset before training: error-level findings refuse the run unless `ignore_dataset_errors` is set."
-    a = analyze(cfg)
+    "Analyze the dataset (or reuse the last analysis of the same files and settings): errors refuse the run unless overridden."
+    from fluxid_nb import caches  # torch: the gate runs before training only
+    try: ds = load_dataset(cfg.data_dir); key = [dataset_fingerprint(ds), *[getattr(cfg, k) for k in GATE_SETTINGS]] + [(Path(caches.__file__).parent/f'{m}.py').read_bytes() for m in GATE_CODE]
+    except DatasetError: ds = None  # analyze reports it
+    a, reused = caches.last_result('analysis', ds.root, key, lambda: dataclasses.replace(analyze(cfg), cfg=None)) if ds else (analyze(cfg), False)
+    a = dataclasses.replace(a, cfg=cfg)  # stored without its config: this run's
+    if reused: log(f"dataset analysis reused: files, captions and settings unchanged ({a.fingerprint[:12]})")
     if report_dir is not None:
         try: write_report(a, report_dir)
         except Exception as e: log(f"analysis report not written: {e}")

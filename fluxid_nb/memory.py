@@ -18,7 +18,7 @@ GB = 2**30
 # %% auto #0
 __all__ = ['GB', 'BACKWARD_TRANSIENT', 'CUDA_CONTEXT_GB', 'ALLOCATOR_SLACK', 'NF4_BYTES', 'LEVERS', 'Arch', 'architecture',
            'lora_params', 'saved_activations', 'encoder_params', 'Plan', 'detect_device', 'plan_memory', 'suggest',
-           'format_plan', 'memory_report', 'memory_text']
+           'format_plan', 'memory_report', 'model_architecture', 'memory_text']
 
 # %% ../nbs/10_memory.ipynb #846962e6
 @dataclass(frozen=True)
@@ -277,17 +277,38 @@ def format_plan(plan: Plan, suggestions: list | None = None) -> str:
         lines += [f"    {' + '.join(x['levers']):<34} {x['need_gb']:5.1f} GiB   ({x['env']})" for x in suggestions[:5]]
     return '\n'.join(lines)
 
-def memory_report(cfg: Config, device_gb: float | None = None) -> str:
+def memory_report(cfg: Config, device_gb: float | None = None, arch: Arch | None = None) -> str:
     "format_plan for the detected (or given) device, with suggestions when it does not fit."
     name, gb = detect_device()
     dev = 'cuda' if (name != 'cpu' or device_gb) else 'cpu'
     gb = device_gb or gb
-    p = plan_memory(cfg, gb, device=dev); p.device = name if name != 'cpu' else ('cuda' if device_gb else 'cpu')
-    return format_plan(p, suggest(cfg, gb) if p.fits is False else None)
+    p = plan_memory(cfg, gb, arch=arch, device=dev); p.device = name if name != 'cpu' else ('cuda' if device_gb else 'cpu')
+    return format_plan(p, suggest(cfg, gb, arch=arch) if p.fits is False else None)
 
 # %% ../nbs/10_memory.ipynb #48488a4e
+_FREE = ('num_layers', 'num_single_layers', 'num_attention_heads')  # what `architecture` takes from the model's config
+
+def _norm(k, v):  # JSON lists are tuples; out_channels None means in_channels (64)
+    return tuple(v) if isinstance(v, list) else 64 if (k, v) == ('out_channels', None) else v
+
+def model_architecture(model_path: str | Path) -> tuple[Arch | None, str]:
+    "(Arch, '') for a model the planner models, read from its `transformer/config.json`; else (None, why not)."
+    import json
+    if str(model_path).startswith('builtin:'): return None, "the built-in tiny model"
+    p = Path(model_path)/'transformer'/'config.json' if model_path else None
+    if p is None or not p.is_file(): return architecture(), ''  # a hub id or no config: FLUX.1-dev
+    try: c = json.loads(p.read_text())
+    except ValueError as e: return None, f"{p} is not readable JSON ({e})"
+    if c.get('_class_name', 'FluxTransformer2DModel') != 'FluxTransformer2DModel':
+        return None, f"a {c['_class_name']} (the planner models FLUX transformers)"
+    odd = [f"{k} {c[k]} (FLUX.1-dev: {v})" for k, v in FLUX_DEV.items() if k not in _FREE and _norm(k, c.get(k, v)) != _norm(k, v)]
+    if odd: return None, f"a FLUX transformer of another layout: {', '.join(odd)}"
+    heads = int(c.get('num_attention_heads', FLUX_DEV['num_attention_heads']))
+    return architecture(int(c.get('num_layers', 19)), int(c.get('num_single_layers', 38)), heads * FLUX_DEV['attention_head_dim']), ''
+
+# %% ../nbs/10_memory.ipynb #8ac4ad6d
 def memory_text(cfg: Config) -> str:
-    "The memory planner's prediction for this run on the detected device (with settings that fit, when it does not)."
-    if str(cfg.model_path).startswith('builtin:'):
-        return "memory plan: not modelled for the built-in tiny model (the measured peak is printed when the run ends)"
-    return memory_report(cfg)
+    "The memory planner's prediction for this run's model on the detected device (with settings that fit, when it does not)."
+    arch, why = model_architecture(cfg.model_path)
+    if arch is None: return f"memory plan: not modelled for {why}; the measured peak is printed when the run ends"
+    return memory_report(cfg, arch=arch)

@@ -117,3 +117,32 @@ def test_papermill_runs_the_notebook_headless(tmp_path):
     rep = json.loads((tmp_path/'runs'/'pm'/'analysis.json').read_text())
     assert rep['images'] == 3 and rep['verdict'] == 'errors'   # 3 images: under the guide's minimum of 15
     assert (tmp_path/'runs'/'pm'/'contact_sheet.jpg').is_file() and (tmp_path/'runs'/'pm'/'pm_dataset_hash.txt').is_file()
+
+def test_gate_reuses_the_last_analysis_until_an_input_changes(tmp_path, monkeypatch):
+    import fluxid_nb.analyze as an
+    monkeypatch.setenv('FLUXID_CACHE', str(tmp_path/'cache'))
+    runs = []
+    monkeypatch.setattr(an, 'analyze', lambda cfg, **kw: runs.append(cfg.run_name) or analyze(cfg, **kw))
+    data = make_dataset(tmp_path/'d', n=16)
+    def gate(run, **kw):
+        said = []
+        a = an.dataset_gate(resolve_config('demo', env={}, data_dir=str(data), run_name=run, ignore_dataset_errors=True, **kw),
+                            tmp_path/run, log=said.append)
+        return a, [s for s in said if s.startswith('dataset analysis reused')]
+    first, said = gate('r1')
+    assert runs == ['r1'] and said == []
+    again, said = gate('r2')                                   # nothing changed: read back, and said in one line
+    assert runs == ['r1'] and len(said) == 1 and '\n' not in said[0]
+    assert again.cfg.run_name == 'r2' and again.findings == first.findings and again.rows == first.rows
+    rep = json.loads((tmp_path/'r2'/'analysis.json').read_text())
+    assert rep['run_name'] == 'r2' and rep['fingerprint'] == first.fingerprint  # the report is this run's
+    gate('r3', max_upscale=2.0)                                 # a setting the buckets depend on
+    assert runs == ['r1', 'r3']
+    gate('r4', max_upscale=2.0, learning_rate=5e-4)            # a setting the analysis does not read
+    assert runs == ['r1', 'r3']
+    (data/'good3.txt').write_text('ohwx, an edited caption')   # one caption edited
+    _, said = gate('r5', max_upscale=2.0)
+    assert runs == ['r1', 'r3', 'r5'] and said == []
+    for p in (tmp_path/'cache'/'analysis').iterdir(): p.write_bytes(b'not a pickle')
+    _, said = gate('r6', max_upscale=2.0)                       # an unreadable entry is analysed again, never fatal
+    assert runs[-1] == 'r6' and said == []

@@ -189,3 +189,26 @@ def test_fp8_base_peak_below_bf16_and_layerwise_casting():
     assert peak['fp8'] < 0.85 * peak['bf16'] and peak['fp8'] < 0.8 * peak['fp8_layerwise'], peak
     with pytest.raises(ValueError, match='layerwise'):
         H.predict_spec(dict(double=1, single=1, resolution=256, base='fp8_layerwise'))
+
+def _model(folder, transformer: dict) -> Path:
+    (folder/'transformer').mkdir(parents=True)
+    (folder/'transformer'/'config.json').write_text(json.dumps(transformer))
+    return folder
+
+def test_planner_reads_the_models_own_config(tmp_path):
+    "A model folder that is not FLUX.1-dev-sized gets its own plan, or a plain 'not modelled', never FLUX.1-dev's."
+    from fluxid_nb.flux1 import FLUX_DEV
+    from fluxid_nb.checks import dry_run_report
+    dev = json.loads(json.dumps(FLUX_DEV | dict(_class_name='FluxTransformer2DModel')))  # as a config.json spells it
+    full = M.memory_text(resolve_config('final', env={}, run_name='t', model_path=str(_model(tmp_path/'dev', dev))))
+    assert full == M.memory_text(resolve_config('final', env={}, run_name='t')) and '19+38 blocks × 3072' in full
+    lite = M.memory_text(resolve_config('final', env={}, run_name='t', model_path=str(_model(tmp_path/'lite', dev | dict(num_layers=4, num_single_layers=8, num_attention_heads=12)))))
+    assert lite.startswith('memory plan (4+8 blocks × 1536')
+    peak = lambda text: float(next(l for l in text.splitlines() if 'training peak' in l).split()[2])
+    assert peak(lite) < peak(full) / 4
+    cfg = resolve_config('final', env={}, run_name='t', model_path=str(MD.tiny_flux()), dry_run=True)
+    out = dry_run_report(cfg)
+    assert 'memory plan: not modelled for a FLUX transformer of another layout: attention_head_dim 32' in out
+    assert '19+38 blocks' not in out
+    sd3 = _model(tmp_path/'sd3', {'_class_name': 'SD3Transformer2DModel', 'num_layers': 24})
+    assert M.memory_text(dataclasses.replace(cfg, model_path=str(sd3))).startswith('memory plan: not modelled for a SD3Transformer2DModel')
