@@ -64,3 +64,24 @@ def two_people() -> Image.Image:
     canvas = Image.new('RGB', (a.width + g.width, max(a.height, g.height)), (90, 90, 90))
     canvas.paste(a, (0, 0)); canvas.paste(g, (a.width, 0))
     return canvas
+
+
+def fake_run(tmp, train: list, steps) -> "Path":
+    "A run folder with `train` (PIL images) as its dataset and checkpoint folders whose LoRA files are never loaded."
+    import json
+    from pathlib import Path
+    import torch
+    from safetensors.torch import save_file
+    from fluxid_nb.config import resolve_config
+    from fluxid_nb.train import config_dict
+    tmp = Path(tmp); data = tmp/'data'; data.mkdir(parents=True)
+    for i, im in enumerate(train): im.save(data/f'img_{i}.png'); (data/f'img_{i}.txt').write_text(f'ohwx, photo {i}')
+    run = tmp/'run'
+    cfg = resolve_config('demo', env={}, data_dir=str(data), out_dir=str(tmp), run_name='run')
+    for s in steps:
+        ck = run/'checkpoints'/f'step_{s:06d}'; ck.mkdir(parents=True)
+        save_file({'x': torch.zeros(1)}, ck/'lora.safetensors')
+        (ck/'state.json').write_text(json.dumps(dict(run_name='run', config=config_dict(cfg), step=s), default=str))
+    (run/'config.json').write_text(json.dumps(config_dict(cfg), default=str))
+    (run/'metrics.jsonl').write_text(''.join(json.dumps(dict(step=s, loss=1.0 / (1 + s / 100), lr=1e-4)) + '\n' for s in range(1, max(steps) + 1)))
+    return run

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
-from _data_helpers import astronaut, grace_hopper, two_people
+from _data_helpers import astronaut, grace_hopper, two_people, fake_run
 from fluxid_nb import evaluate as E
 from fluxid_nb import faces as F
 from fluxid_nb.faces import SAME_PERSON_DISTANCE
@@ -67,25 +67,6 @@ def test_training_set_without_faces_is_not_measurable():
 
 # ---------- (3) faked checkpoints: a perfect copy and a LoRA with no effect ----------
 
-def fake_run(tmp: Path, people, steps=(100,)) -> Path:
-    "A run folder whose dataset is real photos of Collins, with checkpoint folders (the LoRA files are never loaded)."
-    from fluxid_nb.config import resolve_config
-    from fluxid_nb.train import config_dict
-    from safetensors.torch import save_file
-    import torch
-    data = tmp/'data'; data.mkdir(parents=True)
-    for i, im in enumerate(people['collins']):
-        im.save(data/f'collins_{i}.png'); (data/f'collins_{i}.txt').write_text(f'ohwx, photo {i}')
-    run = tmp/'run'
-    cfg = resolve_config('demo', env={}, data_dir=str(data), out_dir=str(tmp), run_name='run')
-    for s in steps:
-        ck = run/'checkpoints'/f'step_{s:06d}'; ck.mkdir(parents=True)
-        save_file({'x': torch.zeros(1)}, ck/'lora.safetensors')
-        (ck/'state.json').write_text(json.dumps(dict(run_name='run', config=config_dict(cfg), step=s), default=str))
-    (run/'config.json').write_text(json.dumps(config_dict(cfg), default=str))
-    (run/'metrics.jsonl').write_text(''.join(json.dumps(dict(step=s, loss=1.0 / (1 + s / 100), lr=1e-4)) + '\n' for s in range(1, max(steps) + 1)))
-    return run
-
 class Fake:
     "Generations by rule: `copy` checkpoints return training images, `none` checkpoints the base model's (Hopper)."
     def __init__(self, people, behaviour: dict):
@@ -97,7 +78,7 @@ class Fake:
         return (self.people['collins'] if kind == 'copy' else self.people['hopper'])[i].copy()
 
 def run_fake(tmp, people, behaviour, **kw):
-    run = fake_run(tmp, people, tuple(behaviour))
+    run = fake_run(tmp, people['collins'], tuple(behaviour))
     gen = Fake(people, behaviour)
     ev = E.evaluate(run, strengths='0.8,1.2', max_prompts=12, generate=gen, log=lambda *a: None, **kw)
     return run, gen, ev

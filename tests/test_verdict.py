@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
-from _data_helpers import astronaut, grace_hopper
+from _data_helpers import astronaut, grace_hopper, fake_run
 from fluxid_nb import evaluate as E
 from fluxid_nb import faces as F
 
@@ -47,26 +47,8 @@ class Scripted:
         xs = self.pics[who]
         return xs[pick(prompt, seed, len(xs))].copy()
 
-def make_run(tmp: Path, train: list, steps) -> Path:
-    "A run folder with `train` as its dataset and checkpoint folders (the LoRA files are never loaded)."
-    from fluxid_nb.config import resolve_config
-    from fluxid_nb.train import config_dict
-    from safetensors.torch import save_file
-    import torch
-    data = tmp/'data'; data.mkdir(parents=True)
-    for i, im in enumerate(train): im.save(data/f'img_{i}.png'); (data/f'img_{i}.txt').write_text(f'ohwx, photo {i}')
-    run = tmp/'run'
-    cfg = resolve_config('demo', env={}, data_dir=str(data), out_dir=str(tmp), run_name='run')
-    for s in steps:
-        ck = run/'checkpoints'/f'step_{s:06d}'; ck.mkdir(parents=True)
-        save_file({'x': torch.zeros(1)}, ck/'lora.safetensors')
-        (ck/'state.json').write_text(json.dumps(dict(run_name='run', config=config_dict(cfg), step=s), default=str))
-    (run/'config.json').write_text(json.dumps(config_dict(cfg), default=str))
-    (run/'metrics.jsonl').write_text(''.join(json.dumps(dict(step=s, loss=1.0 / (1 + s / 100))) + '\n' for s in range(1, max(steps) + 1)))
-    return run
-
 def judge(tmp, pics, plan, train='train', strengths='1.0', **kw):
-    run = make_run(tmp, pics[train], tuple(plan))
+    run = fake_run(tmp, pics[train], tuple(plan))
     return E.evaluate(run, strengths=strengths, max_prompts=12, seeds='1234', generate=Scripted(pics, plan), log=lambda *a: None, **kw)
 
 def test_the_pick_is_the_same_in_another_process():
