@@ -31,7 +31,7 @@ def child(job: dict) -> dict:
         cfg = resolve_config('demo', env={}, model_path=job['model'], data_dir=job['data'], out_dir=job['out'],
                              run_name=job['run'], max_train_steps=job['steps'], sample_every_n_steps=0,
                              checkpoint_every_n_steps=10_000, holdout_images=2, resolution=job['resolution'],
-                             network_dim=job['rank'], network_alpha=job['rank'], t5_max_length=job['t5_len'])
+                             network_dim=job['rank'], network_alpha=job['rank'], t5_max_length=job['t5_len'], **job.get('extra', {}))
         from fluxid_nb.analyze import dataset_gate
         tr = Trainer(cfg, log=lambda *a: None)
         t = time.perf_counter(); dataset_gate(cfg, log=lambda *a: None); gate = time.perf_counter() - t
@@ -58,6 +58,22 @@ def models(work: Path) -> dict:
     from models import build_bench_flux, BIG
     return dict(demo=(tiny_flux(), 256, 8, 64), bigger=(build_bench_flux(work/'models'/'bench-big-v1', **BIG), 256, 16, 128)), demo_subject()
 
+LEVERS = (('masked_loss=face', 'mask', dict(masked_loss='face', mask_background_weight=0.25)),
+          ('preservation=dop', 'dop', dict(preservation='dop', class_word='person')),
+          ('caption_dropout_rate=0.05', 'drop', dict(caption_dropout_rate=0.05)))
+
+def lever_lines(rows) -> list[str]:
+    "Each lever's s/step against the warm run without it (same model, cache and steps)."
+    out = []
+    for m in dict.fromkeys(r['model'] for r in rows):
+        ref = next((r for r in rows if r['model'] == m and r['trainer'] == 'fluxid, cache reused'), None)
+        for r in rows:
+            lbl = r['trainer'].removeprefix('fluxid, ')
+            if ref and r['model'] == m and lbl in {l for l, _, _ in LEVERS}:
+                out.append(f"- {m}, {lbl}: {r['sec_per_step']:.3f} s/step against {ref['sec_per_step']:.3f} without "
+                           f"({r['sec_per_step'] / ref['sec_per_step']:.2f}×), first step after {r['first_step_s']:.1f} s vs {ref['first_step_s']:.1f} s")
+    return out
+
 def table(rows) -> str:
     out = ["| model | trainer | s/step | peak RSS MB | time to first step s | of which imports s | of which setup s (gate) | loss first→last |",
            "|---|---|---:|---:|---:|---:|---:|---|"]
@@ -69,16 +85,17 @@ def table(rows) -> str:
     for m in dict.fromkeys(r['model'] for r in rows):
         p = next(r for r in rows if r['model'] == m and r['trainer'] == 'plain loop')
         for r in rows:
-            if r['model'] == m and r['trainer'] != 'plain loop':
+            if r['model'] == m and r['trainer'] in ('fluxid, empty cache', 'fluxid, cache reused'):
                 out.append(f"- {m}, {r['trainer']}: {p['sec_per_step']/r['sec_per_step']:.2f}× faster per step, "
                            f"peak RSS {r['peak_rss_mb']/p['peak_rss_mb']:.2f}× the plain loop's, "
                            f"first step after {r['first_step_s']:.1f} s vs {p['first_step_s']:.1f} s")
-    return '\n'.join(out)
+    return '\n'.join(out + (['', 'Identity levers (issue 11):'] + lever_lines(rows) if lever_lines(rows) else []))
 
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument('--child'); ap.add_argument('--steps', type=int, default=30); ap.add_argument('--out', default=str(ROOT/'output'/'bench'))
     ap.add_argument('--models', default='demo,bigger'); ap.add_argument('--threads', type=int, default=1)
+    ap.add_argument('--levers', default='demo', help="models on which the identity levers are timed too ('' for none)")
     a = ap.parse_args(argv)
     if a.child:
         print('@@' + json.dumps(child(json.loads(a.child)))); return
@@ -90,9 +107,12 @@ def main(argv=None):
         cache = Path(tempfile.mkdtemp(prefix='cache-', dir=out))
         base = dict(model=str(model), data=str(data), steps=a.steps, resolution=res, rank=rank, t5_len=t5, out=str(out/'runs'),
                     threads=a.threads)
-        for trainer, job in (('plain loop', dict(base, kind='plain', cache=str(cache), run='plain')),
-                             ('fluxid, empty cache', dict(base, kind='fluxid', cache=str(cache), run=f'{name}_cold')),
-                             ('fluxid, cache reused', dict(base, kind='fluxid', cache=str(cache), run=f'{name}_warm'))):
+        jobs = [('plain loop', dict(base, kind='plain', cache=str(cache), run='plain')),
+                ('fluxid, empty cache', dict(base, kind='fluxid', cache=str(cache), run=f'{name}_cold')),
+                ('fluxid, cache reused', dict(base, kind='fluxid', cache=str(cache), run=f'{name}_warm'))]
+        if name in a.levers.split(','):  # the identity levers' cost per step, beside the same warm run without them
+            jobs += [(f'fluxid, {lbl}', dict(base, kind='fluxid', cache=str(cache), run=f'{name}_{tag}', extra=extra)) for lbl, tag, extra in LEVERS]
+        for trainer, job in jobs:
             r = run_job(job) | dict(model=name, trainer=trainer)
             rows.append(r)
             print(f"  {name:<7} {trainer:<22} {r['sec_per_step']:.3f} s/step  peak {r['peak_rss_mb']:.0f} MB  first step {r['first_step_s']:.1f} s"
