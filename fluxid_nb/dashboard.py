@@ -15,10 +15,11 @@ from .data import (Dataset, Item, dataset_layout, detect_trigger, ensure_trigger
                             save_caption, save_upload)
 from .pictures import font, loss_figure, png_bytes, thumbnail
 from .analyze import analyze, caption_findings, dataset_gate
+from .caption import CaptionRun, Proposal, propose_captions, write_captions
 from .panels import ErrorBox, ProfilePanel, progress_line, error_html, _esc, _verdict_html
 
 # %% auto #0
-__all__ = ['TrainingView', 'caption_findings_for', 'DatasetPanel', 'Dashboard', 'dashboard']
+__all__ = ['TrainingView', 'caption_findings_for', 'CaptionReview', 'DatasetPanel', 'Dashboard', 'dashboard']
 
 # %% ../nbs/20_dashboard.ipynb #afbbbc65
 _LIVE = ('setting up', 'running', 'stopping')
@@ -220,6 +221,73 @@ def caption_findings_for(root: Path, name: str, caption: str, cfg: Config, trigg
     mine = [it.image_path.relative_to(root).as_posix() for it in items if it.name == name]
     return [f for f in found if set(f.files) & set(mine)] + [f for f in found if f.files == [] and f.severity != 'info']
 
+# %% ../nbs/20_dashboard.ipynb #033a1dae
+class CaptionReview:
+    "Caption missing / Re-caption with a local model: the proposals are shown for review, and written only on Save."
+    def __init__(self, errors: ErrorBox | None = None, # where a failing button shows its error
+                 on_saved=None):                      # called with the CaptionRun after a save (the panel re-analyzes)
+        self.errors, self.on_saved, self.root, self.trigger, self.class_word, self.run, self.rows = errors or ErrorBox(), on_saved, None, '', 'person', None, []
+        g = self.errors.guard
+        self.model = W.Text(value='builtin:tiny', description='model', placeholder='local image-text-to-text folder, or builtin:tiny')
+        self.remote = W.Checkbox(value=False, description="trust the model folder's own code", indent=False)
+        self.missing_button = W.Button(description='Caption missing', icon='magic', tooltip='propose captions for the images without one')
+        self.recaption_button = W.Button(description='Re-caption', icon='refresh', tooltip='propose new captions for every image')
+        self.save_button = W.Button(description='Save reviewed captions', icon='save', button_style='primary', disabled=True)
+        self.discard_button, self.status, self.list = W.Button(description='Discard', icon='times', disabled=True), W.HTML(), W.VBox()
+        for w, c in ((self.model, 'caption-model'), (self.missing_button, 'caption-missing'), (self.recaption_button, 'recaption'),
+                     (self.save_button, 'caption-review-save'), (self.discard_button, 'caption-discard'),
+                     (self.status, 'caption-status'), (self.list, 'caption-review')): w.add_class(f'fluxid-{c}')
+        self.missing_button.on_click(g('Caption missing')(lambda b: self.propose(overwrite=False)))
+        self.recaption_button.on_click(g('Re-caption')(lambda b: self.propose(overwrite=True)))
+        self.save_button.on_click(g('Save reviewed captions')(lambda b: self.save()))
+        self.discard_button.on_click(g('Discard')(lambda b: self.discard('discarded: nothing was written')))
+        self.box = W.VBox([W.HTML('<b>Captions from a model</b> — proposed for review: nothing is written before you save'),
+                           W.HBox([self.model, self.remote]), W.HBox([self.missing_button, self.recaption_button]),
+                           self.status, self.list, W.HBox([self.save_button, self.discard_button])])
+        self.follow(None)
+
+    def follow(self, root: Path | None, trigger: str = '', class_word: str = '', read_only: bool = False):
+        "Caption this folder with this trigger and class word (no folder, or a read-only one: the buttons are off)."
+        if root != self.root: self.discard()
+        self.root, self.trigger, self.class_word = root, trigger, class_word or 'person'
+        self.missing_button.disabled = self.recaption_button.disabled = root is None or read_only
+
+    def propose(self, overwrite: bool = False) -> CaptionRun:
+        "Ask the model for captions (every image with overwrite, else those without one) and list them for review."
+        if self.missing_button.disabled: raise PermissionError("set a data folder of your own first (a builtin dataset is read-only)")
+        def tick(done, total, s): self.status.value = f"captioning {done}/{total} · {s / done:.2f} s/image · ETA {(total - done) * s / done:.0f} s"
+        self.status.value = '<i>loading the model…</i>'
+        run = propose_captions(self.root, self.model.value.strip() or 'builtin:tiny', trigger=self.trigger or None,
+                               class_word=self.class_word, overwrite=overwrite, trust_remote_code=self.remote.value, progress=tick)
+        self.run, self.rows = run, [self._row(p) for p in run.proposals]; self.list.children = [r[0] for r in self.rows]
+        self.save_button.disabled = self.discard_button.disabled = not run.captioned
+        self.status.value = (f"{len(run.captioned)} caption(s) proposed by <code>{_esc(run.model or '—')}</code> ({run.s_per_image:.2f} s/image), "
+                             f"{len(run.kept)} kept, {len(run.skipped)} skipped" + (": edit, untick, then save" if run.captioned else ''))
+        return run
+
+    def _row(self, p: Proposal):
+        "(row widget, caption box, tick) of one proposal; a skipped image shows why, with no box."
+        if p.skipped: return W.HTML(f"<span style='color:#b00020'>skipped <b>{_esc(p.name)}</b>: {_esc(p.skipped)}</span>"), None, None
+        text = W.Textarea(value=p.caption, rows=2, layout=W.Layout(width='560px', max_width='100%'))
+        keep = W.Checkbox(value=True, description='save', indent=False, layout=W.Layout(width='70px'))
+        was = f"<br>now: “{_esc(p.old)}” (backed up on save)" if p.old else ''
+        img = W.Image(value=thumbnail(p.image, 64), format='jpeg', layout=W.Layout(width='64px'))
+        return W.HBox([img, W.VBox([W.HTML(f"<small><b>{_esc(p.name)}</b>{was}</small>"), text]), keep]), text, keep
+
+    def save(self) -> CaptionRun:
+        "Write the ticked captions as edited (the ones they replace are backed up first), then tell the panel."
+        if self.run is None: raise ValueError("nothing to save: press Caption missing or Re-caption first")
+        edits = {p.name: t.value for p, (_, t, k) in zip(self.run.proposals, self.rows) if t is not None and k.value}
+        run = write_captions(self.run, names=list(edits), edits=edits)
+        self.discard(f"saved {len(run.written)} caption(s)" + (f"; the ones replaced are in <code>{_esc(run.backup.name)}/</code>" if run.backup else ''))
+        if self.on_saved: self.on_saved(run)
+        return run
+
+    def discard(self, note: str = ''):
+        "Drop the proposals: nothing is written."
+        self.run, self.rows, self.list.children, self.status.value = None, [], (), note
+        self.save_button.disabled = self.discard_button.disabled = True
+
 # %% ../nbs/20_dashboard.ipynb #accae2fe
 class DatasetPanel:
     "Upload photos into DATA_DIR, thumbnails with the analyzer's flags, a caption editor that keeps the trigger."
@@ -238,6 +306,7 @@ class DatasetPanel:
                                   layout=W.Layout(width='95%'), continuous_update=True)
         self.save_button = W.Button(description='Save caption', icon='save', button_style='primary')
         self.caption_notes = W.HTML()
+        self.captioning = CaptionReview(self.errors, on_saved=lambda run: self.analyze())  # the analyzer's findings after a save
         for w, c in ((self.folder, 'folder'), (self.message, 'dataset-message'), (self.verdict, 'dataset-verdict'),
                      (self.upload, 'upload'), (self.analyze_button, 'analyze'), (self.thumbs, 'thumbs'),
                      (self.pick, 'caption-pick'), (self.caption, 'caption'), (self.save_button, 'caption-save'),
@@ -250,7 +319,7 @@ class DatasetPanel:
         self.box = W.VBox([W.HTML('<b>Dataset</b>'), self.folder, W.HBox([self.upload, self.analyze_button]),
                            self.errors.widget, self.message, self.verdict, self.thumbs,
                            W.HTML('<b>Caption editor</b> — the trigger is kept in every caption'),
-                           self.pick, self.caption, self.save_button, self.caption_notes])
+                           self.pick, self.caption, self.save_button, self.caption_notes, self.captioning.box])
         self.box.add_class('fluxid-dataset-panel')
         if cfg is not None: self.set_config(cfg)
 
@@ -289,6 +358,7 @@ def refresh(self: DatasetPanel):
     "Re-read the folder: header, thumbnails, the editor's image list."
     root = self.root
     for w in (self.upload, self.save_button, self.caption): w.disabled = self.read_only
+    self.captioning.follow(root, self.trigger if root else '', self.cfg.class_word if self.cfg else '', self.read_only)
     if root is None:
         self.folder.value = "<i>no data folder set: type one in the profile panel</i>"
         self.thumbs.children, self.pick.options = (), []
