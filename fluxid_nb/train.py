@@ -11,12 +11,14 @@ import torch
 from fastcore.basics import patch
 from .config import Config, ConfigError, resolve_config, describe, commands, env_report, configs_dir, repo_root
 from .data import load_dataset, dataset_fingerprint, detect_trigger
-from .models import check_model_dir, load_component, load_transformer, eval_mode, compute_dtype
-from .flow import lr_at, flow_loss, make_optimizer, seeded_generator, _sha, due, SYNC_EVERY
-from .caches import build_caches, load_batch, fixed_noise_loss, DataOrder
+from .models import check_model_dir, load_component, load_transformer, eval_mode, compute_dtype, base_kind
+from .flow import lr_at, flow_loss, make_optimizer, seeded_generator, _sha, due, SYNC_EVERY, class_captions, caption_dropped
+from .caches import build_caches, load_batch, load_texts, fixed_noise_loss, DataOrder
 from .lora import (add_lora, lora_modules, load_lora_state, peft_state_dict, save_peft_lora, save_kohya_lora, read_peft_lora,
-                            lora_metadata, TrainingState, save_state, load_state, list_checkpoints, save_dtype)
+                            lora_metadata, TrainingState, save_state, load_state, list_checkpoints, save_dtype, lora_off)
 from .memory import memory_text
+from .swap import BlockSwap
+from .shard import fsdp_requested, launch_problems, shard_model, full_lora_state, full_optimizer_state, shard_optimizer_state
 from .checks import preflight
 from .config import env_near_misses
 from .prompts import read_prompts
@@ -25,7 +27,7 @@ from . import flux1
 
 # %% auto #0
 __all__ = ['NAN_ADVICE', 'FP16_REFUSED', 'OOM_ADVICE', 'TrainingDiverged', 'refuse_fp16', 'config_dict', 'write_repro',
-           'RunResult', 'Trainer', 'train']
+           'RunResult', 'Trainer', 'levers_text', 'train']
 
 # %% ../nbs/train.ipynb #690d01d9
 class TrainingDiverged(RuntimeError): "Loss or gradients became NaN/inf."
@@ -137,9 +139,11 @@ def setup(self: Trainer):
     self.holdout = items[-cfg.holdout_images:] if cfg.holdout_images else []
     self.items = items[:len(items) - cfg.holdout_images]
     self.prompts = read_prompts(cfg, self.trigger) if cfg.sample_every_n_steps else []
+    self.class_of = class_captions(cfg, {it.caption for it in self.items}, self.trigger)  # preservation's class captions
+    extra = [*self.prompts, *sorted(set(self.class_of.values())), *([self.trigger] if cfg.caption_dropout_rate else [])]
     with self.acc.main_process_first():
-        self.caches, self.examples, _ = build_caches(cfg, self.items + self.holdout, self.model_dir, self.device,
-                                                     self.dtype, self.prompts, log=self._log)
+        self.caches, self.examples, _ = build_caches(cfg, self.items + self.holdout, self.model_dir, self.device, self.dtype, extra,
+                                                     log=self._log, masks_from=ds.root if cfg.masked_loss != 'none' else None)
     held = {it.name for it in self.holdout}
     self.eval_examples = [ex for ex in self.examples if ex.name in held]  # held-out images, never flipped copies
     self.examples = [ex for ex in self.examples if ex.name.removesuffix(' (flipped)') not in held]
@@ -158,21 +162,46 @@ def setup(self: Trainer):
         write_repro(cfg, self.run_dir/'logs', self.dataset_hash, self.invocation)
     self._summary()
 
+# %% ../nbs/train.ipynb #b4426721
+Trainer.sharded, Trainer.swap = False, None  # defaults before set-up
+
 @patch
 def _setup_model(self: Trainer):
-    "The frozen base with the LoRA, the optimizer, the resumed state, and the process group's wrapper."
-    self.transformer = load_transformer(self.cfg, self.model_dir, self.device)
-    self.params = add_lora(self.transformer, self.cfg)
+    "The frozen base with the LoRA, the optimizer, the resumed state, and the process group's wrapper (DDP, FSDP or swap)."
+    cfg = self.cfg
+    self.world, self.rank = self.acc.num_processes, self.acc.process_index
+    self.sharded = fsdp_requested() and self.world > 1
+    if problems := launch_problems(cfg, self.sharded): raise ConfigError('; '.join(problems))
+    placed = cfg.blocks_to_swap or self.sharded  # swap and FSDP place the base themselves, from the CPU
+    self.transformer = load_transformer(cfg, self.model_dir, 'cpu' if placed and base_kind(cfg) != 'nf4' else self.device)
+    self.params = add_lora(self.transformer, cfg)
     self.targets = lora_modules(self.transformer)
     self.no_kohya = flux1.kohya_names(self.targets)  # said before training, not discovered when saving
     if self.no_kohya:
         self._log(f"kohya/ComfyUI copy: not written for this run: {len(self.no_kohya)} LoRA module(s) have no kohya/BFL name "
                   f"(e.g. {self.no_kohya[0]}); only the diffusers/PEFT file will be saved. Keep lora_targets inside the blocks for both.")
-    self.optimizer = make_optimizer(self.params, self.cfg)
+    if cfg.blocks_to_swap:
+        try: self.swap = BlockSwap(self.transformer, cfg.blocks_to_swap, self.device)
+        except ValueError as e: raise ConfigError(str(e)) from None
+    self.optimizer = make_optimizer(self.params, cfg)
     self.step = 0
     self._resume()
-    self.model = self.acc.prepare(self.transformer) if self.acc.num_processes > 1 else self.transformer
-    self.world, self.rank = self.acc.num_processes, self.acc.process_index
+    if self.sharded: self._shard()
+    elif self.world > 1:
+        if self.swap: torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self.transformer, self.swap.param_names())
+        self.model = self.acc.prepare(self.transformer)
+    else: self.model = self.transformer
+
+@patch
+def _shard(self: Trainer):
+    "FSDP: shard the base and the LoRA block by block; the optimizer is rebuilt on the sharded LoRA with its state."
+    full = self.optimizer.state_dict()  # fresh, or resumed
+    names = [n for n, p in self.transformer.named_parameters() if p.requires_grad]
+    self.model = shard_model(self.transformer, self.device, self.world)
+    own = dict(self.transformer.named_parameters())
+    self.params = [own[n] for n in names]
+    self.optimizer = make_optimizer(self.params, self.cfg)
+    if full['state']: shard_optimizer_state(self.optimizer, full)
 
 # %% ../nbs/train.ipynb #aafb2ee0
 @patch
@@ -202,20 +231,29 @@ def _resume(self: Trainer):
     self._log(f"resume: full state from {st.info['path']} at step {self.step} (LoRA, optimizer, schedule, RNG, data position)")
 
 # %% ../nbs/train.ipynb #11184ea1
+def levers_text(cfg: Config, trigger: str) -> str:
+    "One line on the identity levers a run uses ('' when none)."
+    on = ([f"masked loss {cfg.masked_loss} (background weight {cfg.mask_background_weight:g})"] if cfg.masked_loss != 'none' else []) \
+         + ([f"preservation {cfg.preservation} on {cfg.class_word!r} ×{cfg.preservation_weight:g}"] if cfg.preservation != 'none' else []) \
+         + ([f"caption dropout {cfg.caption_dropout_rate:g} to {trigger!r}" + (' (no trigger: an empty caption)' if not trigger else '')]
+            if cfg.caption_dropout_rate else [])
+    return f"  identity levers: {' · '.join(on)}\n" if on else ''
+
 @patch
 def _summary(self: Trainer):
     cfg = self.cfg
     buckets = {}
     for ex in self.examples: buckets[ex.bucket] = buckets.get(ex.bucket, 0) + 1
     n_train = sum(p.numel() for p in self.params)
-    self._log(f"fluxid train · {cfg.run_name} · profile {cfg.profile} · {self.device} × {self.acc.num_processes}\n"
+    how = ' · FSDP' if self.sharded else f' · {cfg.blocks_to_swap} blocks swapped' if self.swap else ''
+    self._log(f"fluxid train · {cfg.run_name} · profile {cfg.profile} · {self.device} × {self.acc.num_processes}{how}\n"
               f"  images {len(self.examples)} (+{len(self.eval_examples)} held out) · trigger {self.trigger!r} · "
               f"buckets {', '.join(f'{w}×{h}:{n}' for (w, h), n in sorted(buckets.items()))}\n"
               f"  steps {self.step}→{cfg.max_train_steps} · effective batch {cfg.effective_batch * self.acc.num_processes} · "
               f"LoRA rank {cfg.network_dim} alpha {cfg.network_alpha:g} on {len(self.targets)} modules · "
               f"{n_train/1e6:.2f} M trainable params\n"
               f"  base {'fp8 storage / bf16 compute' if cfg.fp8_base else 'NF4 / bf16 compute' if cfg.quant_base == 'nf4' else cfg.mixed_precision} · "
-              f"optimizer {cfg.optimizer} · lr {cfg.learning_rate:g} {cfg.lr_scheduler} · run folder {self.run_dir}\n{memory_text(cfg)}"
+              f"optimizer {cfg.optimizer} · lr {cfg.learning_rate:g} {cfg.lr_scheduler} · run folder {self.run_dir}\n{levers_text(cfg, self.trigger)}{memory_text(cfg)}"
               + ''.join(f"\n{l}" for l in self.output_lines + env_near_misses(os.environ)))
 
 # %% ../nbs/train.ipynb #37e429ce
@@ -229,13 +267,14 @@ def eval_loss(self: Trainer) -> float | None:
 @torch.no_grad()
 def sample(self: Trainer, step: int) -> list[Path]:
     "Images for the sample prompts with fixed seeds and dev inference settings, plus a grid (main process)."
-    if not self.prompts or not self.main: return []
+    if not self.prompts or not (self.main or self.sharded): return []  # FSDP: every process runs the model, the main one writes
     from diffusers import FluxPipeline
     vae = load_component(self.model_dir, 'vae', dtype=self.dtype, allow_network=self.cfg.allow_network).to(self.device)
     pipe = FluxPipeline(scheduler=load_component(self.model_dir, 'scheduler'), vae=vae, text_encoder=None, tokenizer=None,
                         text_encoder_2=None, tokenizer_2=None, transformer=self.transformer)
     pipe.set_progress_bar_config(disable=True)
-    out = self.run_dir/'samples'/f'step_{step:06d}'; out.mkdir(parents=True, exist_ok=True)
+    out = self.run_dir/'samples'/f'step_{step:06d}'
+    if self.main: out.mkdir(parents=True, exist_ok=True)
     paths, imgs = [], []
     with eval_mode(self.transformer):
         for i, p in enumerate(self.prompts):
@@ -244,7 +283,8 @@ def sample(self: Trainer, step: int) -> list[Path]:
                        height=self.cfg.resolution, width=self.cfg.resolution, num_inference_steps=self.cfg.sample_steps,
                        guidance_scale=self.cfg.sample_guidance, max_sequence_length=self.cfg.t5_max_length,
                        generator=torch.Generator().manual_seed(self.cfg.sample_seed + i)).images[0]
-            img.save(out/f'{i:02d}.png'); paths.append(out/f'{i:02d}.png'); imgs.append(img)
+            if self.main: img.save(out/f'{i:02d}.png'); paths.append(out/f'{i:02d}.png'); imgs.append(img)
+    if not self.main: return []
     contact_sheet(imgs, cols=min(5, len(imgs)), cell=192, labels=[f'{i:02d}' for i in range(len(imgs))]).save(out/'grid.png')
     (out/'prompts.txt').write_text('\n'.join(f'{i:02d}: {p}' for i, p in enumerate(self.prompts)) + '\n')
     del pipe, vae
@@ -260,18 +300,22 @@ def lora_metadata(self: Trainer, step: int) -> dict:
 
 @patch
 def save_checkpoint(self: Trainer, step: int):
+    "A resumable checkpoint (main process); under FSDP every process first takes part in gathering the full state."
+    if self.sharded: state, opt = full_lora_state(self.transformer), full_optimizer_state(self.optimizer)
     if not self.main: return None
-    state = peft_state_dict(self.transformer)
+    if not self.sharded: state, opt = peft_state_dict(self.transformer), self.optimizer.state_dict()
     write = lambda path: save_peft_lora(path, state, self.cfg.network_dim, self.cfg.network_alpha, self.targets, self.lora_metadata(step),
                                         fold_alpha=False)  # raw weights: exact resume
     info = dict(run_name=self.cfg.run_name, dataset_hash=self.dataset_hash, config=config_dict(self.cfg))
-    return save_state(self.run_dir/'checkpoints', TrainingState(step, state, self.optimizer.state_dict(), torch.get_rng_state(), info),
+    return save_state(self.run_dir/'checkpoints', TrainingState(step, state, opt, torch.get_rng_state(), info),
                       keep_last=self.cfg.keep_last_n_checkpoints, write_lora=write)
 
 @patch
 def save_final(self: Trainer, step: int):
+    "The final LoRA in both formats (main process; under FSDP gathered by every process first)."
+    state = full_lora_state(self.transformer) if self.sharded else None
     if not self.main: return None, None
-    state = peft_state_dict(self.transformer)
+    state = state if self.sharded else peft_state_dict(self.transformer)
     meta = self.lora_metadata(step)
     peft_path = save_peft_lora(self.run_dir/f'{self.cfg.run_name}.safetensors', state, self.cfg.network_dim,
                                self.cfg.network_alpha, self.targets, meta, dtype=save_dtype(self.cfg))
@@ -290,32 +334,48 @@ def _step(self: Trainer) -> tuple:
     lr = cfg.learning_rate * lr_at(step, cfg)
     for g in self.optimizer.param_groups: g['lr'] = lr
     tot = torch.zeros((), device=self.device)
+    pres = torch.zeros((), device=self.device) if self.class_of else None
     for micro in range(cfg.gradient_accumulation_steps):
         k = (step * cfg.gradient_accumulation_steps + micro) * self.world + self.rank
         _, idx = self.order(k)
         sync = micro == cfg.gradient_accumulation_steps - 1
         with contextlib.nullcontext() if (sync or self.world == 1) else self.model.no_sync():
-            loss = flow_loss(self.model, load_batch(self.caches, self.examples, idx), cfg, seeded_generator(cfg.seed, 'noise', k), self.device, self.dtype)
+            loss, parts = flow_loss(self.model, self._batch(k, idx), cfg, seeded_generator(cfg.seed, 'noise', k), self.device, self.dtype,
+                                    return_parts=True, lora_off=(lambda: lora_off(self.transformer)) if self.class_of else None)
+            fit = parts.get('fit', loss)  # logged as `loss`: the flow-matching fit, comparable with runs without preservation
             if self.reg_order:
                 _, ridx = self.reg_order(k)
-                loss = loss + cfg.prior_loss_weight * flow_loss(self.model, load_batch(self.caches, self.reg_examples, ridx), cfg,
-                                                                 seeded_generator(cfg.seed, 'reg', k), self.device, self.dtype)
+                reg = cfg.prior_loss_weight * flow_loss(self.model, load_batch(self.caches, self.reg_examples, ridx), cfg,
+                                                         seeded_generator(cfg.seed, 'reg', k), self.device, self.dtype)
+                loss, fit = loss + reg, fit + reg
             self.acc.backward(loss / cfg.gradient_accumulation_steps)
-        tot += loss.detach() / cfg.gradient_accumulation_steps
+        tot += fit.detach() / cfg.gradient_accumulation_steps
+        if pres is not None: pres += parts['preservation'] / cfg.gradient_accumulation_steps
     gn = (torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm) if cfg.max_grad_norm
           else torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in self.params if p.grad is not None])))
-    if self.world > 1: tot = self.acc.reduce(tot, reduction='mean')
+    if self.world > 1: tot, pres = self.acc.reduce(tot, reduction='mean'), None if pres is None else self.acc.reduce(pres, reduction='mean')
     self.optimizer.step(); self.optimizer.zero_grad(set_to_none=True)
     self.step += 1
-    return tot, gn, lr
+    return tot, gn, lr, pres
+
+@patch
+def _batch(self: Trainer, k: int, idx: list):
+    "Micro-batch `k`: its samples, each on its caption or (caption dropout) the trigger alone, with class captions for preservation."
+    cfg = self.cfg
+    texts = ([self.caches.text_key(self.trigger) if caption_dropped(cfg.seed, k, j, cfg.caption_dropout_rate) else None for j in range(len(idx))]
+             if cfg.caption_dropout_rate else None)
+    b = load_batch(self.caches, self.examples, idx, texts)
+    if self.class_of:
+        b.class_t5, b.class_pooled = load_texts(self.caches, [self.caches.text_key(self.class_of[self.examples[i].caption]) for i in idx])
+    return b
 
 # %% ../nbs/train.ipynb #13a28234
 @patch
 def _sync(self: Trainer, pending: list, seconds_per_step: float, last_ckpt, metrics_f) -> list:
     "Read pending (step, loss, grad norm, lr) back to the host, check them, log them; returns the rows."
     rows = [dict(step=s, loss=float(l), grad_norm=float(g), lr=r, sec_per_step=seconds_per_step, mem_mb=_peak_mb(self.device))
-            for s, l, g, r in pending]
-    bad = next((r for r in rows if not (math.isfinite(r['loss']) and math.isfinite(r['grad_norm']))), None)
+            | ({} if p is None else dict(preservation_loss=float(p))) for s, l, g, r, p in pending]
+    bad = next((r for r in rows if not all(math.isfinite(r.get(k, 0.0)) for k in ('loss', 'grad_norm', 'preservation_loss'))), None)
     if bad: raise TrainingDiverged(NAN_ADVICE.format(step=bad['step'], lr=self.cfg.learning_rate / 2, ckpt=last_ckpt))
     if self.main:
         for r in rows: self._write_metric(metrics_f, r)
@@ -339,7 +399,7 @@ def run(self: Trainer) -> RunResult:
     if not hasattr(self, 'optimizer'): self.setup()
     cfg, acc = self.cfg, self.acc
     metrics_f = open(self.run_dir/'metrics.jsonl', 'a') if self.main else None
-    ev0 = self.eval_loss() if self.main else None
+    ev0 = self.eval_loss() if self.main or self.sharded else None  # FSDP: every process runs the model
     if self.main and ev0 is not None: self._write_metric(metrics_f, dict(step=self.step, eval_loss=ev0))
     if self.step == 0 and cfg.sample_every_n_steps: self.sample(0)
     self.model.train()
@@ -375,7 +435,7 @@ def run(self: Trainer) -> RunResult:
 
 @patch
 def _finish(self: Trainer, metrics_f, ev0, losses, elapsed, step0) -> RunResult:
-    ev1 = self.eval_loss() if self.main else None
+    ev1 = self.eval_loss() if self.main or self.sharded else None
     if self.main and ev1 is not None: self._write_metric(metrics_f, dict(step=self.step, eval_loss=ev1))
     self.check_ranks_identical()
     peft_path, kohya = self.save_final(self.step)
@@ -395,13 +455,16 @@ def _finish(self: Trainer, metrics_f, ev0, losses, elapsed, step0) -> RunResult:
 def check_ranks_identical(self: Trainer) -> bool:
     "Several processes: every rank must end with bit-identical LoRA weights (a digest per rank, compared on rank 0)."
     if self.world == 1: return True
-    flat = torch.cat([p.detach().float().flatten().cpu() for p in self.params]).numpy().tobytes()
+    full = [p.full_tensor() if self.sharded else p for p in self.params]  # FSDP: each rank gathers the whole LoRA
+    flat = torch.cat([p.detach().float().flatten().cpu() for p in full]).numpy().tobytes()
     digest = torch.tensor(list(hashlib.sha256(flat).digest()), dtype=torch.uint8, device=self.device)
     all_d = self.acc.gather(digest[None]).cpu()
+    local = sum((p.to_local() if self.sharded else p).numel() for p in self.params)  # LoRA parameters this rank holds
+    held = self.acc.gather(torch.tensor([local], device=self.device)).cpu().tolist()
     same = bool((all_d == all_d[0]).all())
     if self.main:
-        (self.run_dir/'ranks.json').write_text(json.dumps(dict(world_size=self.world, identical=same,
-                                                               digests=[bytes(d.tolist()).hex() for d in all_d]), indent=1))
+        (self.run_dir/'ranks.json').write_text(json.dumps(dict(world_size=self.world, identical=same, sharded=self.sharded,
+                                                               lora_params_held=held, digests=[bytes(d.tolist()).hex() for d in all_d]), indent=1))
         self._log(f"LoRA weights identical across {self.world} processes: {same}")
     if not same: raise RuntimeError("LoRA weights differ between processes: gradients were not synchronised")
     return same
