@@ -42,8 +42,13 @@ def parser() -> argparse.ArgumentParser:
     t = sub.add_parser('train', help="train a LoRA (DRY_RUN=1 or --dry-run prints what would run)")
     _train_args(t); t.add_argument('--dry-run', action='store_true', default=None)
     d = sub.add_parser('dry-run', help="print the resolved config, dataset summary and commands; run nothing"); _train_args(d)
-    e = sub.add_parser('evaluate', help="evaluate a run folder or LoRA file")
-    e.add_argument('run_dir'); e.add_argument('--set', action='append', metavar='KEY=VALUE', help="evaluator options")
+    e = sub.add_parser('evaluate', help="evaluate a run folder or LoRA file, or score a folder of images made elsewhere (--images)")
+    e.add_argument('run_dir', nargs='?', default=None, help="run folder written by `fluxid train` (not with --images)")
+    e.add_argument('--images', default=None, help="score this folder of images (ComfyUI, Forge, another trainer) instead of a run")
+    e.add_argument('--reference', default=None, help="with --images: the subject's dataset folder")
+    e.add_argument('--trigger', default=None, help="with --images: known prompts without this token are bleeding checks")
+    e.add_argument('--out', default=None, help="with --images: output folder (default <images>_fluxid_eval beside it)")
+    e.add_argument('--set', action='append', metavar='KEY=VALUE', help="evaluator options")
     v = sub.add_parser('validate', help="check every profile against the guide, and that every config key changes what fluxid computes")
     v.add_argument('--configs', default=None)
     sub.add_parser('demo', help="analyze → train → evaluate on the built-in demo, headless, with saved notebooks")
@@ -106,6 +111,11 @@ def main(argv=None) -> int:
         if a.cmd == 'analyze':
             return analyze_main(a.data_dir, profile=a.profile, out_dir=a.out_dir, trigger=a.trigger)
         if a.cmd == 'evaluate':
+            if a.images:
+                if not a.reference: parser().error("evaluate --images needs --reference DATA_DIR (the subject's photos)")
+                from fluxid_nb.evaluate import score_folder_main
+                return score_folder_main(a.images, a.reference, a.trigger, a.out, **_sets(a.set))
+            if not a.run_dir: parser().error("evaluate needs RUN_DIR, or --images DIR --reference DATA_DIR")
             from fluxid_nb.evaluate import evaluate_main
             return evaluate_main(a.run_dir, **_sets(a.set))
         if a.cmd == 'demo': return demo()

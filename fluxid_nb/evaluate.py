@@ -16,134 +16,17 @@ from .models import check_model_dir, eval_mode, torch_dtype
 from .data import load_dataset, load_image
 from .caches import build_caches, fixed_noise_loss
 from .lora import Checkpoint, LoraPipeline, RunInfo, read_run, select_checkpoints
-from .faces import COPY_FACE_DISTANCE, COPY_HASH_BITS, SAME_PERSON_DISTANCE, CALIBRATION_PERCENTILE, CALIBRATION_FLOOR, _mean, _rate
-from .faces import build_reference, clip_scorer, clip_text, identity_stats, measure_image, reference_stats
-from .pictures import label_grid, markdown_html, plain_json
+from .faces import clip_scorer
+from .identity import CALIBRATION_PERCENTILE, _mean, build_reference, folder_images
+from .identity import measure_image, prompt_kind, reference_stats, score_image, summarize
+from .pictures import contact_sheet, label_grid, markdown_html, plain_json
+from .verdicts import ADVICE, MIN_IDENTITY_RATE, MIN_RELATIVE_SPREAD, Recommendation, recommend, verdict, verdict_thresholds
 from .prompts import EvalPrompt, read_eval_prompts, IDENTITY_KINDS, BLEED_KINDS
 
 # %% auto #0
-__all__ = ['MIN_FACE_RATE', 'MIN_IDENTITY_RATE', 'MIN_GAIN_OVER_CONTROL', 'MAX_COPY_RATE', 'MIN_RELATIVE_SPREAD',
-           'MAX_BLEED_GAIN', 'NO_EFFECT_CHANGE', 'VERDICTS', 'ADVICE', 'KIND_ADVICE', 'summarize', 'verdict',
-           'Recommendation', 'recommend', 'FluxGenerator', 'Evaluation', 'train_loss_near', 'run_evaluation',
-           'prompt_strength_grid', 'checkpoint_prompt_grid', 'step_figure', 'evaluation_json', 'report_markdown',
-           'write_outputs', 'evaluate', 'evaluate_main']
-
-# %% ../nbs/evaluate.ipynb #a3a60e5b
-def summarize(records: list, control: list | None = None) -> dict:
-    "Aggregate the per-image records of one checkpoint × strength (control: the base model's records)."
-    idn = [r for r in records if r['kind'] in IDENTITY_KINDS]
-    bl = [r for r in records if r['kind'] in BLEED_KINDS]
-    s = dict(images=len(records), identity_images=len(idn), bleed_images=len(bl)) | identity_stats(idn)
-    (cr, cr_ci), (br, br_ci) = _rate(sum(r['copy'] for r in records), len(records)), _rate(sum(bool(r['same_person']) for r in bl), len(bl))
-    s |= dict(copy_rate=cr, copy_rate_ci=cr_ci, bleed_rate=br, bleed_rate_ci=br_ci,
-              change_vs_control=_mean([r.get('change_vs_control') for r in records]),
-              clip_score=_mean([r.get('clip_score') for r in idn]),
-              by_kind={k: sum(bool(r['same_person']) for r in idn if r['kind'] == k) / n
-                       for k in IDENTITY_KINDS if (n := sum(r['kind'] == k for r in idn))})
-    if control is not None:
-        c = summarize(control)
-        s['control_identity_rate'], s['control_bleed_rate'] = c['identity_rate'], c['bleed_rate']
-    return s
-
-# %% ../nbs/evaluate.ipynb #c9c74d22
-MIN_FACE_RATE = 0.3        # below: the model (at this strength) is not making faces
-MIN_IDENTITY_RATE = 0.5    # at least half the identity-prompt images show the trained person
-MIN_GAIN_OVER_CONTROL = 0.2  # ... and clearly more than the base model does without the LoRA
-MAX_COPY_RATE = 0.5        # half the generations copy a training image: sameface
-MIN_RELATIVE_SPREAD = 0.5  # generated faces (or pictures) less than half as varied as the training photos: sameface
-MAX_BLEED_GAIN = 0.25      # the person appears in this much more of the no-subject images than for the base model
-NO_EFFECT_CHANGE = 0.01    # mean |pixel change| vs the base model below this: the LoRA does nothing at this strength
-
-VERDICTS = ('pass', 'weak identity', 'sameface', 'bleeding', 'no faces', 'not measurable')
-
-def verdict(s: dict, ref_stats: dict) -> tuple[str, str]:
-    "(verdict, reason) of one checkpoint × strength summary against the training set's statistics."
-    if not ref_stats.get('faces'):
-        return 'not measurable', "no face was found in the training images, so there is no identity to compare with"
-    if s['identity_images'] == 0: return 'not measurable', "no prompt with the trigger was evaluated"
-    if s['face_rate'] < MIN_FACE_RATE:
-        return 'no faces', f"faces in only {s['face_rate']:.0%} of the images with the trigger"
-    if s['copy_rate'] is not None and s['copy_rate'] >= MAX_COPY_RATE:
-        return 'sameface', f"{s['copy_rate']:.0%} of the images are copies of a training image"
-    hd = ref_stats.get('hash_diversity')
-    if hd and s['hash_diversity'] is not None and s['hash_diversity'] < MIN_RELATIVE_SPREAD * hd:
-        return 'sameface', f"pictures barely change with the prompt (diversity {s['hash_diversity']:.2f} vs {hd:.2f} in the training set)"
-    if s.get('change_vs_control') is not None and s['change_vs_control'] < NO_EFFECT_CHANGE:
-        return 'weak identity', "no effect: the images are the base model's images (the LoRA changes nothing)"
-    if s['identity_rate'] < MIN_IDENTITY_RATE:
-        return 'weak identity', f"the trained person is recognisable in only {s['identity_rate']:.0%} of the images with the trigger"
-    gain = s['identity_rate'] - (s.get('control_identity_rate') or 0.0)
-    if gain < MIN_GAIN_OVER_CONTROL:
-        return 'weak identity', f"identity rate {s['identity_rate']:.0%} is no better than the base model's ({s['control_identity_rate']:.0%})"
-    if s['bleed_rate'] is not None and s['bleed_rate'] - (s.get('control_bleed_rate') or 0.0) > MAX_BLEED_GAIN:
-        return 'bleeding', f"the trained person appears in {s['bleed_rate']:.0%} of the images of other people / without the trigger"
-    return 'pass', f"recognisable in {s['identity_rate']:.0%} of the images, varied, no bleeding"
-
-# %% ../nbs/evaluate.ipynb #8f2c57f6
-ADVICE = {
-    'weak identity': ("Weak identity — the guide's cause: undertraining. Fix: increase steps (MAX_STEPS=3500), increase rank "
-                      "(RANK=96), add more diverse training images."),
-    'sameface': ("Sameface / carbon copy — the guide's cause: overtraining. Fix: early stop (use an earlier checkpoint), enable "
-                 "dropout (DROPOUT=0.1, on in the final profile), use regularization (USE_REG=1), check for duplicate images "
-                 "in the dataset (fluxid analyze)."),
-    'bleeding': ("Identity bleeding into other people: use regularization (USE_REG=1 with REG_DIR of class images), or a "
-                 "lower strength."),
-    'no faces': ("The model made no detectable face with the trigger (and the base model made none either, see the control): "
-                 "identity cannot be measured. The built-in demo model is random and makes no faces; with FLUX.1-dev "
-                 "look at the grids: broken faces at every strength point to a broken LoRA (NaNs, wrong base model)."),
-    'not measurable': ("No face was found in the training images, so there is nothing to compare with. The guide's canonical "
-                       "rule: fix the dataset first (faces visible, mixed angles), then train."),
-}
-KIND_ADVICE = {
-    'angle': "Angle failure (identity holds only at some angles): add images from different angles (front, 3/4, profile).",
-    'style': "Prompt brittleness (identity lost in other styles): keep the text encoder frozen (the default).",
-    'scene': "Prompt brittleness (identity lost in other scenes): keep the text encoder frozen and vary the training captions.",
-}
-
-@dataclass
-class Recommendation:
-    "The checkpoint and strength to use (or None), why, and what to do when nothing passes."
-    step: int | None
-    strength: float | None
-    label: str
-    verdict: str               # the chosen cell's verdict, or the run's main problem when nothing passes
-    reason: str
-    advice: list = field(default_factory=list)
-    warning: str = ''
-
-def recommend(cells: list) -> Recommendation:
-    "Pick a checkpoint × strength from cells [{step, label, strength, summary, verdict, reason}]."
-    ok = [c for c in cells if c['verdict'] == 'pass']
-    notes = []
-    if ok:
-        top = max(ok, key=lambda c: (c['summary']['identity_rate'], c['summary']['identity_similarity'] or 0))
-        ci = lambda c: c['summary'].get('identity_rate_ci') or [c['summary']['identity_rate']] * 2
-        tied = [c for c in ok if ci(c)[1] >= ci(top)[0]]  # intervals overlap the best's: not separable on these images
-        best = min(tied, key=lambda c: (c['step'], abs(c['strength'] - 1.0), -c['summary']['identity_rate']))
-        lo, hi = ci(best)
-        why = (f"identity rate {best['summary']['identity_rate']:.0%} (95 % interval {lo:.0%}–{hi:.0%})" +
-               (f"; {len(tied)} passing cells have overlapping intervals, so they cannot be told apart on these images: "
-                "the earliest checkpoint and the strength nearest 1.0 among them" if len(tied) > 1 else
-                f"; its interval lies above every other passing cell's" if len(ok) > 1 else ""))
-        for k, v in best['summary'].get('by_kind', {}).items():
-            if k in KIND_ADVICE and v < MIN_IDENTITY_RATE: notes.append(f"{k} prompts: identity rate {v:.0%}. " + KIND_ADVICE[k])
-        return Recommendation(best['step'], best['strength'], best['label'], 'pass',
-                              f"{best['label']} at strength {best['strength']:g}: {why}", notes)
-    counts = {v: sum(c['verdict'] == v for c in cells) for v in VERDICTS}
-    weak_early = [c['step'] for c in cells if c['verdict'] == 'weak identity']
-    same_late = [c['step'] for c in cells if c['verdict'] == 'sameface']
-    if weak_early and same_late and min(weak_early) < max(same_late):
-        main = 'sameface'
-        notes.append("Weak identity at early checkpoints or low strengths, sameface later or stronger: the sweet spot lies "
-                     "between them. Save checkpoints more often (checkpoint_every_n_steps) and try the strengths in between.")
-    else:
-        main = max((v for v in VERDICTS if v != 'pass'), key=lambda v: (counts[v], -VERDICTS.index(v)))
-    notes.append(ADVICE[main])
-    cand = [c for c in cells if c['verdict'] == main]
-    why = cand[0]['reason'] if cand else ''
-    return Recommendation(None, None, '', main, f"{main} ({counts[main]} of {len(cells)} checkpoint × strength cells): {why}", notes,
-                          warning=f"No checkpoint × strength passes ({', '.join(f'{v}: {n}' for v, n in counts.items() if n)}). "
-                                  "Do not ship this LoRA as it is.")
+__all__ = ['FluxGenerator', 'Evaluation', 'train_loss_near', 'run_evaluation', 'prompt_strength_grid', 'checkpoint_prompt_grid',
+           'step_figure', 'evaluation_json', 'report_markdown', 'write_outputs', 'evaluate', 'evaluate_main',
+           'score_folder', 'folder_report_markdown', 'write_folder_outputs', 'score_folder_main']
 
 # %% ../nbs/evaluate.ipynb #0a30ce05
 class FluxGenerator:
@@ -226,11 +109,9 @@ def _make_images(generate, ck: Checkpoint | None, strength: float, jobs: list, o
     for (i, p, s), im in zip(jobs, ims):
         path = out/'images'/folder/f'p{i:02d}_seed{s}.png'
         im.save(path)
-        r = measure_image(im, ref, bleed=p.bleed)
-        small = im.copy(); small.thumbnail((256, 256))  # grids and the control comparison need no more
+        r = score_image(im, ref, p.kind, p.text, trigger, scorer)
         r.update(step=ck.step if ck else 0, checkpoint=ck.label if ck else 'base model', strength=strength, prompt_index=i,
-                 kind=p.kind, prompt=p.text, seed=s, path=str(path.relative_to(out)), _img=small)
-        if scorer is not None: r['clip_score'] = scorer(im, clip_text(p.text, trigger))
+                 seed=s, file=path.relative_to(out).as_posix(), path=str(path.relative_to(out)))
         recs.append(r)
     return recs, tg, time.perf_counter() - t - tg
 
@@ -262,7 +143,7 @@ def run_evaluation(run: RunInfo, checkpoints: list, prompts: list[EvalPrompt], s
     ctl_img = {(r['prompt_index'], r['seed']): np.asarray(r['_img'], np.float32) / 255 for r in control}
     for r in control: r['change_vs_control'] = 0.0
     records += control
-    cells.append(dict(step=0, label='base model', strength=0.0, summary=summarize(control), verdict='control', reason='the base model, no LoRA'))
+    cells.append(dict(step=0, label='base model', strength=0.0, summary=summarize(control, embedder=ref.embedder), verdict='control', reason='the base model, no LoRA'))
     for ck in checkpoints:
         t1 = time.perf_counter(); gen_s = met_s = 0.0
         for strength in strengths:
@@ -272,7 +153,7 @@ def run_evaluation(run: RunInfo, checkpoints: list, prompts: list[EvalPrompt], s
                 c = ctl_img[(r['prompt_index'], r['seed'])]
                 a = np.asarray(r['_img'], np.float32) / 255
                 r['change_vs_control'] = float(np.abs(a - c).mean()) if a.shape == c.shape else None
-            s = summarize(recs, control)
+            s = summarize(recs, control, ref.embedder)
             v, why = verdict(s, ref_stats)
             cells.append(dict(step=ck.step, label=ck.label, strength=float(strength), summary=s, verdict=v, reason=why))
             records += recs
@@ -358,13 +239,7 @@ def evaluation_json(ev: Evaluation) -> dict:
     return plain_json(dict(run=ev.run.name, run_dir=ev.run.folder, trigger=ev.run.trigger, model_path=ev.run.model_path,
                            data_dir=ev.run.data_dir, settings=ev.settings | dict(strengths=ev.strengths, seeds=ev.seeds),
                            prompts=[dict(kind=p.kind, text=p.text) for p in ev.prompts], reference=ev.reference,
-                           thresholds=dict(same_person_distance=SAME_PERSON_DISTANCE, copy_hash_bits=COPY_HASH_BITS,
-                                           copy_face_distance=COPY_FACE_DISTANCE, min_face_rate=MIN_FACE_RATE,
-                                           min_identity_rate=MIN_IDENTITY_RATE, min_gain_over_control=MIN_GAIN_OVER_CONTROL,
-                                           max_copy_rate=MAX_COPY_RATE, min_relative_spread=MIN_RELATIVE_SPREAD,
-                                           max_bleed_gain=MAX_BLEED_GAIN, no_effect_change=NO_EFFECT_CHANGE,
-                                           calibration_percentile=CALIBRATION_PERCENTILE, calibration_floor=CALIBRATION_FLOOR,
-                                           same_person_distance_calibrated=ev.reference.get('same_person_distance'), intervals='Wilson 95 %'),
+                           thresholds=verdict_thresholds(ev.reference['embedder'], ev.reference.get('same_person_distance')),
                            recommendation=dataclasses.asdict(r) if r else None, notes=ev.notes, clip=ev.clip,
                            checkpoints=ev.checkpoints, cells=ev.cells, images=ev.records, timings=ev.timings), drop=('thumb', 'embedding'))
 
@@ -373,6 +248,32 @@ def _fmt(v, pct=False, ci=None):
     return (f'{v:.0%}' + (f' ({ci[0]:.0%}–{ci[1]:.0%})' if ci else '')) if pct else f'{v:.3f}' if isinstance(v, float) else str(v)
 
 # %% ../nbs/evaluate.ipynb #abe4e952
+def _reference_lines(ref: dict) -> list:
+    "What the report says about the training set: faces, embedder, calibration, variety."
+    e = ref['embedder']
+    how = (f"calibrated: {CALIBRATION_PERCENTILE}th percentile of the subject's own leave-one-out spread, within {e['floor']:g}–{e['same_person']:g}"
+           if ref['calibrated'] else f"the global {e['same_person']:g}: too few faces to calibrate")
+    return [f"- reference: {ref['faces']} face(s) in {ref['images']} training images, compared by {e['name']} ({e['metric']} distance)"
+            + (f"; identity medoid `{ref['medoid']}`, training faces spread {_fmt(ref['reference_spread'])}; same person below "
+               f"{ref['same_person_distance']:.3f} ({how})" if ref['faces'] else ''),
+            f"- training-set variety: composition (pHash) {_fmt(ref['hash_diversity'])}, colour {_fmt(ref['pixel_diversity'])}, "
+            f"pose spread {_fmt(ref['pose_spread'])}°, framing spread {_fmt(ref['framing_spread'])}"]
+
+def _at(c) -> str: return '' if c['strength'] is None else f" × {c['strength']:g}"
+
+def _cell_table(cells: list) -> list:
+    "The checkpoint × strength (or folder) table, one row per cell."
+    L = ["Rates with their Wilson 95 % interval in brackets; *own pct.*: median percentile of the faces against the subject's own photos.", "",
+         "| checkpoint | strength | verdict | faces | identity rate | own pct. | identity sim. | copies | face spread | diversity | colour div. | pose spread | framing spread | bleeding | change vs base | CLIP |",
+         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for c in cells:
+        m = c['summary']
+        L.append(f"| {c['label']} | {_at(c)[3:] or '—'} | {c['verdict']} | {_fmt(m['face_rate'], 1, m['face_rate_ci'])} | "
+                 f"{_fmt(m['identity_rate'], 1, m['identity_rate_ci'])} | {_fmt(m['identity_percentile'])} | {_fmt(m['identity_similarity'])} | "
+                 f"{_fmt(m['copy_rate'], 1, m['copy_rate_ci'])} | {_fmt(m['mutual_distance'])} | {_fmt(m['hash_diversity'])} | {_fmt(m['pixel_diversity'])} | "
+                 f"{_fmt(m['pose_spread'])} | {_fmt(m['framing_spread'])} | {_fmt(m['bleed_rate'], 1, m['bleed_rate_ci'])} | {_fmt(m['change_vs_control'])} | {_fmt(m['clip_score'])} |")
+    return L + ["", "Why: " + '; '.join(f"{c['label']}{_at(c)}: {c['reason']}" for c in cells if c['verdict'] != 'control'), ""]
+
 def report_markdown(ev: Evaluation) -> str:
     "The report a person reads: verdict, recommendation, tables, grids and plot."
     r, ref = ev.recommendation, ev.reference
@@ -387,25 +288,10 @@ def report_markdown(ev: Evaluation) -> str:
     L += [f"- run: `{ev.run.folder}` · trigger `{ev.run.trigger}` · base model `{ev.run.model_path}`",
           f"- generation: {s['generator']}, {s['resolution']}², {s['steps']} steps, guidance {s['guidance']:g}, "
           f"strengths {', '.join(f'{x:g}' for x in ev.strengths)} (+ base model 0), seeds {ev.seeds}, {len(ev.prompts)} prompts",
-          f"- reference: {ref['faces']} face(s) in {ref['images']} training images"
-          + (f"; identity medoid `{ref['medoid']}`, training faces spread {_fmt(ref['reference_spread'])}; same person below "
-             f"{ref['same_person_distance']:.3f} ({'calibrated: ' + str(CALIBRATION_PERCENTILE) + 'th percentile of the subject' + chr(39) + 's own leave-one-out spread, within ' + str(CALIBRATION_FLOOR) + '–0.6' if ref['calibrated'] else 'dlib' + chr(39) + 's 0.6: too few faces to calibrate'})" if ref['faces'] else ''),
-          f"- training-set diversity: pHash {_fmt(ref['hash_diversity'])}, colour {_fmt(ref['pixel_diversity'])}, "
-          f"pose spread {_fmt(ref['pose_spread'])}°",
-          f"- prompt adherence: {ev.clip}",
+          *_reference_lines(ref), f"- prompt adherence: {ev.clip}",
           f"- time: {ev.timings['total_s']:.0f} s in all, {_fmt(ev.timings.get('per_checkpoint_s'))} s per checkpoint "
           f"({len(ev.strengths)} strengths × {len(ev.prompts) * len(ev.seeds)} images)", ""]
-    L += ["## Checkpoint × strength", "",
-          "Rates with their Wilson 95 % interval in brackets; *own pct.*: median percentile of the faces against the subject's own photos.", "",
-          "| checkpoint | strength | verdict | faces | identity rate | own pct. | identity sim. | copies | face spread | diversity | colour div. | bleeding | change vs base | CLIP |",
-          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for c in ev.cells:
-        m = c['summary']
-        L.append(f"| {c['label']} | {c['strength']:g} | {c['verdict']} | {_fmt(m['face_rate'], 1, m['face_rate_ci'])} | "
-                 f"{_fmt(m['identity_rate'], 1, m['identity_rate_ci'])} | {_fmt(m['identity_percentile'])} | {_fmt(m['identity_similarity'])} | "
-                 f"{_fmt(m['copy_rate'], 1, m['copy_rate_ci'])} | {_fmt(m['mutual_distance'])} | {_fmt(m['hash_diversity'])} | "
-                 f"{_fmt(m['pixel_diversity'])} | {_fmt(m['bleed_rate'], 1, m['bleed_rate_ci'])} | {_fmt(m['change_vs_control'])} | {_fmt(m['clip_score'])} |")
-    L += ["", "Why: " + '; '.join(f"{c['label']} × {c['strength']:g}: {c['reason']}" for c in ev.cells if c['verdict'] != 'control'), ""]
+    L += ["## Checkpoint × strength", ""] + _cell_table(ev.cells)
     L += ["## Checkpoints: loss and time", "", "| checkpoint | step | held-out loss | train loss (20-step mean) | seconds |", "|---|---|---|---|---|"]
     L += [f"| {c['label']} | {c['step']} | {_fmt(c['heldout_loss'])} | {_fmt(c['train_loss'])} | {c['seconds']:.1f} |" for c in ev.checkpoints]
     L += ["", "![identity, diversity and loss against step](identity_vs_step.png)", "", "## Grids", ""]
@@ -491,3 +377,96 @@ def evaluate_main(run_dir: str | None, # run folder (or '' with lora)
     except (FileNotFoundError, ValueError) as e:
         print(f"fluxid evaluate: {e}", file=sys.stderr); return 2
     return 1 if strict and ev.recommendation.step is None else 0
+
+# %% ../nbs/evaluate.ipynb #53f1a6f8
+def _folder_notes(recs: list, trigger: str | None, ref: dict, clip: str) -> list:
+    "What could not be measured in a scored folder, plainly."
+    known, n = sum(bool(r['prompt']) for r in recs), len(recs)
+    notes = ["No base-model images to compare with: the gain over the base model and the no-effect check are not measured."]
+    if not ref['faces']: notes.append("No face was found in the reference images: identity, copies by face and bleeding cannot be measured.")
+    if known == 0: notes.append(f"None of the {n} images carries its prompt (no sidecar .txt, no A1111/Forge or ComfyUI PNG text): "
+                                "every image is treated as an identity image (the subject was asked for); bleeding is not measured.")
+    elif not trigger: notes.append(f"{known} of {n} images carry a prompt, but no trigger was given: all are treated as identity images "
+                                   "(pass --trigger to check the prompts without it for bleeding).")
+    elif known < n: notes.append(f"{n - known} of {n} images carry no prompt: they are treated as identity images.")
+    return notes + ([f"Prompt adherence (CLIP score): {clip}."] if clip.startswith('skipped') else [])
+
+def score_folder(images: str | Path,         # folder of images made anywhere (searched recursively; subfolders compared)
+                 reference: str | Path,      # the subject's dataset folder (their photos)
+                 trigger: str | None = None, # trigger token: known prompts without it are bleeding checks
+                 out_dir: str | Path = '',   # where to write (default: <images>_fluxid_eval beside the folder)
+                 clip_model: str = '',       # local CLIP folder for the prompt-adherence score
+                 log=print) -> Evaluation:
+    "Score images made elsewhere against a dataset: identity, copies, variety, bleeding; report, eval.json, contact sheet."
+    t0, root, reference = time.perf_counter(), Path(images).expanduser(), Path(reference).expanduser()
+    out = Path(out_dir).expanduser() if out_dir else root.parent/f'{root.name}_fluxid_eval'
+    files = folder_images(root, exclude=out)
+    if not files: raise FileNotFoundError(f"no images in {root}")
+    if not Path(reference).is_dir(): raise FileNotFoundError(f"reference {reference} is not a dataset folder")
+    ref = build_reference(*_load_training_images(str(reference)))
+    ref_stats, (scorer, clip_status) = reference_stats(ref), clip_scorer(clip_model)
+    log(f"fluxid evaluate --images {root} · {len(files)} images · reference: {ref_stats['faces']} face(s) in {ref_stats['images']} images · {ref.embedder.name}")
+    t1, recs, unread = time.perf_counter(), [], []
+    for p, prompt in files:
+        rel = p.relative_to(root)
+        try: im = load_image(p, max_side=1024)
+        except (OSError, ValueError): unread.append(rel.as_posix()); continue  # not an image after all, or truncated
+        r = score_image(im, ref, prompt_kind(prompt, trigger), prompt or '', trigger or '', scorer)
+        recs.append(r | dict(file=rel.as_posix(), checkpoint=rel.parent.as_posix() if rel.parent.parts else root.name, strength=None, step=None))
+    if not recs: raise FileNotFoundError(f"no readable images in {root}")
+    groups = list(dict.fromkeys(r['checkpoint'] for r in recs))
+    cells = []
+    for g in ['all images'] + (groups if len(groups) > 1 else []):
+        s = summarize([r for r in recs if g == 'all images' or r['checkpoint'] == g], embedder=ref.embedder)
+        cells.append(dict(step=None, label=g, strength=None, summary=s, verdict=(v := verdict(s, ref_stats))[0], reason=v[1]))
+    tm = time.perf_counter() - t1
+    return Evaluation(RunInfo(root.name, root, None, trigger or '', '', str(reference), [], []), out, [], [], [],
+                      dict(mode='folder', images=str(root), with_prompt=sum(bool(r['prompt']) for r in recs), generator='none: images made elsewhere'),
+                      ref_stats, recs, cells, [], clip=clip_status, notes=_folder_notes(recs, trigger, ref_stats, clip_status)
+                      + ([f"{len(unread)} file(s) could not be read and were left out: {', '.join(unread[:10])}"] if unread else []),
+                      timings=dict(total_s=time.perf_counter() - t0, measure_s=tm, per_image_s=tm / len(recs)))
+
+# %% ../nbs/evaluate.ipynb #2ac3b823
+def folder_report_markdown(ev: Evaluation) -> str:
+    "The report of a scored folder: verdict, notes, the summary table, the contact sheet and every image."
+    c, s = ev.cells[0], ev.settings
+    L = [f"# Scored folder: {ev.run.name}", "", f"**{c['verdict']}** — {c['reason']}", ""]
+    L += ([f"- {ADVICE[c['verdict']]}", ""] if c['verdict'] in ADVICE else []) + [f"> {n}" for n in ev.notes] + [""]
+    L += [f"- images: `{s['images']}`, {len(ev.records)} images, {s['with_prompt']} with a known prompt · trigger `{ev.run.trigger or '—'}`",
+          *_reference_lines(ev.reference), f"- prompt adherence: {ev.clip}",
+          f"- time: {ev.timings['total_s']:.0f} s in all, {ev.timings['per_image_s']:.2f} s per image measured", ""]
+    L += ["## Summary", ""] + _cell_table(ev.cells) + ["## Images", "", "![contact sheet](contact_sheet.png)", "",
+          "| file | kind | faces | identity distance | own pct. | same person | copy | nearest training image | pose | framing |", "|---|---|---|---|---|---|---|---|---|---|"]
+    L += [f"| {r['file']} | {r['kind']} | {r['faces']} | {_fmt(r['identity_distance'])} | {_fmt(r['identity_percentile'])} | {_fmt(r['same_person'])} | "
+          f"{r['copy']} | {r['nearest_hash'] or '—'} ({r['nearest_hash_bits']} bits) | {r['pose'] or '—'} | {r['framing'] or '—'} |" for r in ev.records]
+    return '\n'.join(L + ["", "Every number is in `eval.json`; the protocol and thresholds are in `docs/EVAL_PROTOCOL.md`."]) + '\n'
+
+def write_folder_outputs(ev: Evaluation) -> dict:
+    "contact_sheet.png, eval.json, report.md and report.html of a scored folder."
+    out = ev.out_dir; out.mkdir(parents=True, exist_ok=True)
+    lab = lambda r: ('no face' if not r['face'] else f"{'SAME' if r['same_person'] else 'other'} {_fmt(r['identity_distance'])}") + f" {Path(r['file']).name}"
+    contact_sheet([r['_img'] for r in ev.records], cols=8, cell=128, labels=[lab(r) for r in ev.records]).save(out/'contact_sheet.png')
+    (out/'eval.json').write_text(json.dumps(evaluation_json(ev), indent=1))
+    md = folder_report_markdown(ev)
+    (out/'report.md').write_text(md, encoding='utf-8')
+    (out/'report.html').write_text(markdown_html(md, f'fluxid: {ev.run.name} scored'), encoding='utf-8')
+    ev.paths = {k: out/n for k, n in (('contact sheet', 'contact_sheet.png'), ('json', 'eval.json'), ('markdown', 'report.md'), ('html', 'report.html'))}
+    return ev.paths
+
+def score_folder_main(images: str,          # folder of images made elsewhere
+                      reference: str,       # the subject's dataset folder
+                      trigger: str | None = None, # trigger token (prompts without it: bleeding checks)
+                      out: str | None = None,     # output folder (default <images>_fluxid_eval)
+                      strict=False,         # exit status 1 when the images do not pass
+                      clip_model: str = '', # local CLIP folder for the prompt-adherence score
+                      **unknown) -> int:    # anything else `--set` passed: a usage error
+    "`fluxid evaluate --images DIR --reference DATA_DIR`: 0 when scored (1 with strict and no pass), 2 when a folder cannot be read."
+    try:
+        if unknown: raise ValueError(f"{', '.join(unknown)}: not an option of --images (strict, clip_model)")
+        ev = score_folder(images, reference, trigger or None, out or '', clip_model)
+        write_folder_outputs(ev)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"fluxid evaluate: {e}", file=sys.stderr); return 2
+    c = ev.cells[0]
+    print(f"{c['verdict']}: {c['reason']}" + ''.join(f"\nnote: {n}" for n in ev.notes) + f"\nreport: {ev.paths['markdown']}")
+    return 1 if str(strict).lower() in ('1', 'true', 'yes', 'on') and c['verdict'] != 'pass' else 0

@@ -10,7 +10,8 @@ import pytest
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 from _data_helpers import astronaut, grace_hopper, two_people, fake_run
 from fluxid_nb import evaluate as E
-from fluxid_nb import faces as F
+from fluxid_nb import faces
+from fluxid_nb import identity as F
 from fluxid_nb.faces import SAME_PERSON_DISTANCE
 
 COLLINS_BOX, HOPPER_BOX = (179, 83, 266, 170), (161, 137, 376, 352)
@@ -43,7 +44,7 @@ def test_same_person_scores_clearly_higher_than_other_people(people):
     assert min(r['identity_distance'] for r in other) - max(r['identity_distance'] for r in same) > 0.15
     # the summary of those images: all Collins recognised, no Hopper
     for r, k in [(r, 'angle') for r in same] + [(r, 'other') for r in other]: r.update(kind=k, _hash=F._phash(Image.new('RGB', (8, 8))))
-    s = E.summarize(same + other)
+    s = F.summarize(same + other)
     assert (s['face_rate'], s['identity_rate'], s['bleed_rate']) == (1.0, 1.0, 0.0)
 
 def test_a_face_in_a_group_photo_bleeds_when_nobody_asked_for_it(people):
@@ -96,7 +97,9 @@ def test_perfect_copy_is_called_sameface(tmp_path, people):
     out = run/'eval'
     j = json.loads((out/'eval.json').read_text())
     assert j['recommendation']['verdict'] == 'sameface' and len(j['images']) == 12 * 3
-    assert {'identity_similarity', 'identity_distance', 'nearest_train', 'nearest_hash_bits', 'copy', 'faces'} <= set(j['images'][0])
+    assert {'file', 'face', 'identity_similarity', 'identity_distance', 'identity_percentile', 'same_person', 'nearest_train',
+            'nearest_hash_bits', 'copy', 'faces'} <= set(j['images'][0])
+    assert all((out/i['file']).is_file() and i['face'] == (i['faces'] > 0) for i in j['images'])
     md = (out/'report.md').read_text()
     assert 'sameface' in md and 'No checkpoint × strength passes' in md
     for name in ('report.html', 'identity_vs_step.png', 'grid_step_000100.png', 'grid_checkpoints_s1p2.png'): assert (out/name).is_file(), name
@@ -122,7 +125,7 @@ def test_weak_then_sameface_points_between_the_checkpoints(tmp_path, people):
 def test_clip_is_skipped_without_a_local_model(tmp_path, people, monkeypatch):
     monkeypatch.setenv('HF_HOME', str(tmp_path/'empty_hf')); monkeypatch.delenv('HF_HUB_CACHE', raising=False)
     monkeypatch.delenv('FLUXID_CLIP', raising=False); monkeypatch.setenv('HOME', str(tmp_path))
-    assert F.find_clip() is None
+    assert faces.find_clip() is None
     run, gen, ev = run_fake(tmp_path, people, {100: 'copy'})
     assert ev.clip.startswith('skipped') and all(c['summary']['clip_score'] is None for c in ev.cells)
     assert 'skipped' in json.loads((run/'eval'/'eval.json').read_text())['clip']
@@ -138,6 +141,6 @@ def test_clip_score_with_a_local_clip(tmp_path):
                      projection_dim=16)
     CLIPModel(cfg).save_pretrained(tmp_path/'clip')
     CLIPProcessor(image_processor=CLIPImageProcessor(size={'shortest_edge': 32}, crop_size={'height': 32, 'width': 32}), tokenizer=tok).save_pretrained(tmp_path/'clip')
-    assert F.find_clip(str(tmp_path/'clip')) == tmp_path/'clip'
-    score = F.ClipScorer(tmp_path/'clip')(astronaut(), F.clip_text('a photo of ohwx', 'ohwx'))
+    assert faces.find_clip(str(tmp_path/'clip')) == tmp_path/'clip'
+    score = faces.ClipScorer(tmp_path/'clip')(astronaut(), faces.clip_text('a photo of ohwx', 'ohwx'))
     assert 0.0 <= score <= 100.0

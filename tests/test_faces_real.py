@@ -82,3 +82,36 @@ def test_analyzer_flags_the_other_person_and_the_group_photo(tmp_path):
     assert 'other person?' in row['zz_other']['flags'] and row['original_0']['identity_distance'] < SAME_PERSON_DISTANCE
     assert by['duplicate'].severity == 'warning' or by.get('near-duplicate')  # the set twice: duplicates found
     assert a.angles['front'] >= 16 and 'angles-not-mixed' in by   # only frontal photos: the guide wants mixed angles
+
+def test_the_cnn_looks_only_at_small_pictures(monkeypatch):
+    "What bounds the CNN fallback's cost: at most CNN_CROPS crops at CNN_CROP_SIDE, then the image at CNN_MAX_SIDE."
+    from skimage import data
+    from fluxid_nb import faces as F
+    seen = []
+    real = F._cnn()
+    monkeypatch.setattr(F, '_cnn', lambda: (lambda a, up: seen.append(a.shape[:2]) or real(a, up)))
+    def looks(img):
+        seen.clear(); fs = detect_faces(img); return [f.detector for f in fs], list(seen)
+    assert looks(astronaut()) == (['hog'], [])                                        # HOG finds her: no CNN at all
+    found, shapes = looks(Image.fromarray(data.camera()))                            # small back-lit face: one crop finds it
+    assert found == ['cnn'] and shapes == [(F.CNN_CROP_SIDE, F.CNN_CROP_SIDE)]
+    found, shapes = looks(Image.fromarray(data.coffee()))                            # no face, no candidate: the whole image, small
+    assert found == [] and shapes == [(round(400 * F.CNN_MAX_SIDE / 600), F.CNN_MAX_SIDE)]
+    found, shapes = looks(Image.fromarray(data.coins()))                             # textures with weak candidates: the worst case
+    assert found == [] and len(shapes) == F.CNN_CROPS + 1 and all(max(s) <= max(F.CNN_CROP_SIDE, F.CNN_MAX_SIDE) for s in shapes)
+
+LFW_BUSH = [0, 36, 73, 90]  # scikit-image's LFW subset ships without names: four photos of George W. Bush, labelled by eye
+
+def _lfw(i):
+    from skimage import data
+    x = (data.lfw_subset()[i] * 255).astype(np.uint8)
+    return ImageOps.expand(Image.fromarray(x).resize((150, 150), Image.Resampling.BICUBIC).convert('RGB'), border=75, fill=(128, 128, 128))
+
+def test_real_photos_of_one_man_calibrate_above_the_floor():
+    "Four real photos of one man (different days; 25 px LFW crops): their own spread sets the line, not the floor."
+    from fluxid_nb.identity import CALIBRATION_FLOOR, build_reference, measure_image
+    ref = build_reference([_lfw(i) for i in LFW_BUSH])
+    assert len(ref.embeddings) == 4 and ref.spread.min() > 0.3                         # far wider than edits of one photo
+    assert CALIBRATION_FLOOR < ref.threshold < SAME_PERSON_DISTANCE, ref.spread        # the 90th percentile, 0.53 measured
+    others = [measure_image(_lfw(i), ref) for i in (1, 2, 4, 5, 6, 7, 8, 10, 11, 12)]  # ten other people of the subset
+    assert not any(r['same_person'] for r in others), [round(r['identity_distance'], 3) for r in others]

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 from _data_helpers import astronaut, grace_hopper, fake_run
 from fluxid_nb import evaluate as E
-from fluxid_nb import faces as F
+from fluxid_nb import identity as F
 
 COLLINS_BOX, HOPPER_BOX = (179, 83, 266, 170), (161, 137, 376, 352)
 
