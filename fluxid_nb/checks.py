@@ -11,7 +11,7 @@ from typing import Any, Callable
 import torch
 from .config import (Config, ConfigError, resolve_config, read_profile, config_fields, configs_dir, repo_root,
                               describe, commands, env_report, _coerce)
-from . import caches, data, flow, flux1, lora, models
+from . import caches, data, flow, flux1, lora, models, swap
 from .data import dataset_summary
 from .memory import architecture, lora_params, memory_text
 from .prompts import read_prompts
@@ -393,6 +393,8 @@ add_probe('class_word', 'person', 'woman', "flow.class_captions: class captions 
           lambda c: tuple(flow.class_captions(c, _CAPS, 'ohwx').values()), preservation='dop')
 add_probe('preservation_weight', 1.0, 4.0, "flow.flow_loss with preservation (LoRA moved from zero)", _preserved_loss,
           preservation='dop', class_word='person')
+add_probe('blocks_to_swap', 0, 2, "swap.swapped_blocks: transformer blocks kept in host memory",
+          lambda c: len(swap.swapped_blocks(_transformer(), c.blocks_to_swap)))
 add_probe('caption_dropout_rate', 0.0, 0.25, "flow.caption_dropped: samples of 400 on the trigger alone",
           lambda c: sum(flow.caption_dropped(c.seed, k, 0, c.caption_dropout_rate) for k in range(400)))
 
