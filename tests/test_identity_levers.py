@@ -45,7 +45,7 @@ def test_background_weight_zero_keeps_the_background_out_of_the_gradient(tmp_pat
     i = next(i for i, ex in enumerate(t.examples) if load_file(t.caches.mask_path(ex.mask_key))['subject'])
     b = load_batch(t.caches, t.examples, [i])
     bg = (b.mask == 0).expand_as(b.mean)
-    assert 0.1 < bg.float().mean() < 0.9, "the demo face mask should leave some background at exactly 0"
+    assert bg[:, 0].sum() >= 16, "the demo face mask should leave some latent cells at exactly 0 (far from the face)"
     changed = dataclasses.replace(b, mean=torch.where(bg, b.mean + 3.0, b.mean))
 
     def grads(batch, c):
