@@ -2,10 +2,13 @@
 
     .venv/bin/python bench/memory_harness.py            # all rows (about 10 min on 2 cores), writes docs/memory_validation.md
     .venv/bin/python bench/memory_harness.py --quick    # the first two rows, printed only
+    .venv/bin/python bench/memory_harness.py --fsdp     # FSDP over 2 CPU processes (gloo): each process's peak vs the plan
 
 Each row trains FLUX.1-dev's transformer cut to a few blocks at full width, in a fresh process, with fluxid's own
 `add_lora`, `flow_loss` and `make_optimizer`, and reads torch.profiler's allocation events (the CPU analogue of
-`torch.cuda.max_memory_allocated`). The planner itself is `fluxid_nb.memory` (nbs/10_memory.ipynb)."""
+`torch.cuda.max_memory_allocated`). The planner itself is `fluxid_nb.memory` (nbs/10_memory.ipynb).
+A spec with `world` > 1 runs under torch.distributed.run with that many processes, the model sharded with fluxid's
+FSDP2 (`shard.shard_model`): each process reports its own peak, the planner predicts one GPU of `world`."""
 from __future__ import annotations
 import argparse, json, os, subprocess, sys, time
 from pathlib import Path
@@ -32,13 +35,21 @@ def run_spec(spec: dict) -> dict:
     if base == 'nf4': quantize_nf4_(m, compute_dtype=torch.bfloat16)
     if cfg.gradient_checkpointing: m.enable_gradient_checkpointing()
     params = add_lora(m, cfg)
+    if spec.get('world', 1) > 1:  # FSDP: the launcher's process group, the LoRA taken again from the sharded model
+        import torch.distributed as dist
+        from fluxid_nb.shard import shard_model
+        dist.init_process_group('gloo')
+        shard_model(m, 'cpu', dist.get_world_size())
+        params = [p for p in m.parameters() if p.requires_grad]
     opt = make_optimizer(params, cfg)
     h = spec['resolution'] // 8
     B = cfg.train_batch_size
     g = torch.Generator().manual_seed(0)
     batch = Batch(torch.randn(B, 16, h, h, generator=g), torch.rand(B, 16, h, h, generator=g) * 0.1,
                   torch.randn(B, cfg.t5_max_length, 4096, generator=g), torch.randn(B, 768, generator=g), ['x'] * B)
-    static = quantized_bytes(m) + sum(t.untyped_storage().nbytes() for t in (batch.mean, batch.std, batch.t5, batch.pooled))
+    held = (sum(p.to_local().untyped_storage().nbytes() for p in m.parameters()) if spec.get('world', 1) > 1
+            else quantized_bytes(m))  # a sharded model: this process's shards
+    static = held + sum(t.untyped_storage().nbytes() for t in (batch.mean, batch.std, batch.t5, batch.pooled))
     times, losses = [], []
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         for step in range(spec.get('steps', 2)):
@@ -65,14 +76,16 @@ def spec_config(spec: dict) -> Config:
                           mixed_precision=mp, fp8_base=spec.get('base', '').startswith('fp8'), optimizer=spec.get('optimizer', 'adamw'),
                           t5_max_length=spec.get('t5', 512))
 
-def measure_peak(spec: dict,     # base: 'bf16'|'fp16'|'fp32'|'fp8' (fp8_base_)|'fp8_layerwise' (diffusers)|'nf4'
+def measure_peak(spec: dict,     # base: 'bf16'|'fp16'|'fp32'|'fp8' (fp8_base_)|'fp8_layerwise' (diffusers)|'nf4'; world: processes (FSDP)
                  timeout: int = 900) -> dict:
-    "run_spec in a fresh Python process (clean RSS baseline, allocator tuned to return memory)."
+    "run_spec in a fresh Python process (clean RSS baseline, allocator tuned to return memory); under FSDP the largest process's."
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_='65536', MALLOC_TRIM_THRESHOLD_='0', PYTHONWARNINGS='ignore')
-    r = subprocess.run([sys.executable, __file__, '--run-spec', json.dumps(spec)], capture_output=True, text=True, env=env, timeout=timeout)
-    line = next((l for l in r.stdout.splitlines() if l.startswith('@@')), None)
-    if r.returncode or line is None: raise RuntimeError(f"measurement failed for {spec}:\n{r.stderr[-3000:]}")
-    return json.loads(line[2:])
+    world = spec.get('world', 1)
+    launch = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', str(world)] if world > 1 else [sys.executable]
+    r = subprocess.run([*launch, __file__, '--run-spec', json.dumps(spec)], capture_output=True, text=True, env=env, timeout=timeout)
+    lines = [json.loads(l[2:]) for l in r.stdout.splitlines() if l.startswith('@@')]
+    if r.returncode or len(lines) != world: raise RuntimeError(f"measurement failed for {spec}:\n{r.stderr[-3000:]}")
+    return max(lines, key=lambda m: m['allocated_peak']) | dict(per_process=[m['allocated_peak'] for m in lines])
 
 def predict_spec(spec: dict) -> Plan:
     "The planner's prediction for a measurement spec (CPU: no context overhead)."
@@ -80,7 +93,7 @@ def predict_spec(spec: dict) -> Plan:
     base = spec.get('base', 'bf16')
     if base == 'fp8_layerwise': raise ValueError("the planner models fp8_base_ (base 'fp8'), not diffusers' layerwise casting")
     return plan_memory(cfg, arch=architecture(spec['double'], spec['single'], spec.get('width', 3072)),
-                       base=base, device='cpu')
+                       base=base, device='cpu', gpus=spec.get('world', 1), sharded=spec.get('world', 1) > 1)
 
 
 VALIDATION_SPECS = [  # the first one calibrates BACKWARD_TRANSIENT; the others check it
@@ -96,10 +109,16 @@ VALIDATION_SPECS = [  # the first one calibrates BACKWARD_TRANSIENT; the others 
     dict(double=1, single=1, resolution=512, rank=128),
 ]
 
+FSDP_SPECS = [  # sharded over 2 CPU processes, one thread each: the peak of one process against one GPU's plan
+    dict(double=2, single=2, resolution=512, world=2, threads=1),
+    dict(double=2, single=2, resolution=512, world=2, threads=1, base='fp8'),
+]
+
 def spec_label(spec: dict) -> str:
     "Short name of a measurement spec, e.g. '1d+1s bf16 ckpt 512² r32 b1 adamw'."
     return (f"{spec['double']}d+{spec['single']}s {spec.get('base', 'bf16')} {'ckpt' if spec.get('gc', True) else 'no-ckpt'} "
-            f"{spec['resolution']}² r{spec.get('rank', 32)} b{spec.get('batch', 1)} {spec.get('optimizer', 'adamw')}")
+            f"{spec['resolution']}² r{spec.get('rank', 32)} b{spec.get('batch', 1)} {spec.get('optimizer', 'adamw')}"
+            + (f" FSDP×{spec['world']}" if spec.get('world', 1) > 1 else ''))
 
 def validation_rows(specs=None, log=print) -> list[dict]:
     "Measure each spec in its own process, sequentially, next to the planner's prediction."
@@ -192,10 +211,12 @@ def main(argv=None):
     p.add_argument('--run-spec', help=argparse.SUPPRESS)
     p.add_argument('--quick', action='store_true', help="measure the first two rows only and print them")
     p.add_argument('--out', default=None, help="folder for memory_validation.md/.json (default docs/)")
+    p.add_argument('--fsdp', action='store_true', help="measure the FSDP rows only (2 processes each) and print them")
     a = p.parse_args(argv)
     if a.run_spec:
-        print('@@' + json.dumps(run_spec(json.loads(a.run_spec)))); return 0
-    rows = validation_rows(VALIDATION_SPECS[:2] if a.quick else None)
+        sys.stdout.write('@@' + json.dumps(run_spec(json.loads(a.run_spec))) + '\n'); sys.stdout.flush(); return 0  # one write: processes share the pipe
+    if a.fsdp: print(validation_markdown(validation_rows(FSDP_SPECS))); return 0
+    rows = validation_rows(VALIDATION_SPECS[:2] if a.quick else VALIDATION_SPECS + FSDP_SPECS)
     if a.quick: print(validation_markdown(rows)); return 0
     print(write_validation(rows, a.out, reference_rows()))
     return 0

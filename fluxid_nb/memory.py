@@ -4,21 +4,25 @@
 
 # %% ../nbs/10_memory.ipynb #98c11fa7
 from __future__ import annotations
-import contextlib, dataclasses, functools, itertools, re, time
+import contextlib, dataclasses, functools, itertools, math, os, re, time
 from dataclasses import dataclass, field
 from pathlib import Path
 import torch
 from .config import Config, resolve_config
-from .flux1 import FLUX_DEV, T5_XXL, CLIP_L, FLUX_AE, meta_transformer, image_tokens
+from .flux1 import FLUX_DEV, T5_XXL, CLIP_L, FLUX_AE, BLOCKS, meta_transformer, image_tokens
+from .swap import pipeline_seconds
+from .shard import fsdp_requested, launch_problems
 from .models import nf4_eligible, fp8_eligible, fp8_base_, compute_dtype, base_kind, random_flux
 from .lora import targets_regex, add_lora
 
 GB = 2**30
 
 # %% auto #0
-__all__ = ['GB', 'BACKWARD_TRANSIENT', 'CUDA_CONTEXT_GB', 'ALLOCATOR_SLACK', 'NF4_BYTES', 'LEVERS', 'Arch', 'architecture',
-           'lora_params', 'saved_activations', 'encoder_params', 'Plan', 'detect_device', 'plan_memory', 'suggest',
-           'format_plan', 'memory_report', 'model_architecture', 'memory_text']
+__all__ = ['GB', 'BACKWARD_TRANSIENT', 'CUDA_CONTEXT_GB', 'ALLOCATOR_SLACK', 'NF4_BYTES', 'TFLOPS', 'PCIE_GBPS', 'LINK_GBPS',
+           'BASE_SPEED', 'Arch', 'architecture', 'lora_params', 'saved_activations', 'encoder_params', 'block_bytes',
+           'block_flops', 'Plan', 'detect_device', 'plan_memory', 'format_plan', 'step_seconds', 'Option',
+           'host_memory_gb', 'fit_options', 'format_options', 'plan_main', 'memory_report', 'model_architecture',
+           'memory_text']
 
 # %% ../nbs/10_memory.ipynb #846962e6
 @dataclass(frozen=True)
@@ -32,18 +36,25 @@ class Arch:
     fp8_params: int    # weights+biases that fp8_base_ stores in float8
     nf4_weights: int   # Linear weights that quantize_nf4_ stores in 4 bit
     linears: tuple     # (name, in, out) of every Linear (LoRA targets are matched against these)
+    blocks: tuple = ((0, 0, 0), (0, 0, 0))  # (params, fp8_params, nf4_weights) of one double and one single block
+
+def _counts(m, prefix: str = '') -> tuple:
+    "(params, fp8-stored params, NF4-quantized weights) of module `m` named `prefix`."
+    fp8 = nf4 = 0
+    for name, mod in m.named_modules(prefix=prefix):
+        if fp8_eligible(name, mod): fp8 += sum(p.numel() for p in mod.parameters(recurse=False))
+        if nf4_eligible(name, mod): nf4 += mod.weight.numel()
+    return sum(p.numel() for p in m.parameters()), fp8, nf4
 
 @functools.lru_cache(maxsize=8)
 def architecture(double: int = 19, single: int = 38, width: int = 3072) -> Arch:
     "Counts from the model built on meta (default: FLUX.1-dev)."
     heads = width // FLUX_DEV['attention_head_dim']
+    m = meta_transformer(max(double, 1), max(single, 1), num_attention_heads=heads)  # one block of each kind to count
+    blocks = tuple(_counts(m.get_submodule(p + '0'), p + '0') if n else (0, 0, 0) for p, n in zip(BLOCKS, (double, single)))
     m = meta_transformer(double, single, num_attention_heads=heads)
-    fp8, nf4, lin = 0, 0, []
-    for name, mod in m.named_modules():
-        if fp8_eligible(name, mod): fp8 += sum(p.numel() for p in mod.parameters(recurse=False))
-        if nf4_eligible(name, mod): nf4 += mod.weight.numel()
-        if isinstance(mod, torch.nn.Linear): lin.append((name, mod.in_features, mod.out_features))
-    return Arch(double, single, width, heads, sum(p.numel() for p in m.parameters()), fp8, nf4, tuple(lin))
+    lin = tuple((name, mod.in_features, mod.out_features) for name, mod in m.named_modules() if isinstance(mod, torch.nn.Linear))
+    return Arch(double, single, width, heads, *_counts(m), lin, blocks)
 
 # %% ../nbs/10_memory.ipynb #443d4477
 def lora_params(arch: Arch, targets, rank: int) -> tuple[int, int]:
@@ -86,7 +97,7 @@ def _fake_batch(batch, img_tokens, txt_tokens, dtype, device='meta'):
 
 @functools.lru_cache(maxsize=64)
 def _count_saved(width, img_tokens, txt_tokens, batch, dtype, targets, rank, base, device='meta') -> dict:
-    m = (meta_transformer(1, 1, num_attention_heads=width // 128).to(dtype) if device == 'meta'
+    m = (torch.nn.Module.to(meta_transformer(1, 1, num_attention_heads=width // 128), dtype) if device == 'meta'  # nn.Module.to: diffusers' warns on every cast
          else random_flux(1, 1, width, dtype))  # a real CPU run, to check the meta count
     if base == 'fp8': fp8_base_(m, compute_dtype=torch.bfloat16)
     cfg = resolve_config('fast', env={}, run_name='count', network_dim=rank, lora_targets=list(targets))
@@ -141,6 +152,31 @@ def encoder_params() -> dict:
         t5, clip, vae = T5EncoderModel(T5Config(**T5_XXL)), CLIPTextModel(CLIPTextConfig(**CLIP_L)), AutoencoderKL(**FLUX_AE)
     return {k: sum(p.numel() for p in m.parameters()) for k, m in (('t5', t5), ('clip', clip), ('vae', vae))}
 
+# %% ../nbs/10_memory.ipynb #2a31917c
+def _storage_bytes(params: int, fp8: int, nf4: int, kind: str, b: int) -> int:
+    "Bytes of `params` parameters stored as base `kind` ('plain' in `b`-byte dtype, 'fp8', 'nf4')."
+    if kind == 'fp8': return fp8 + (params - fp8) * 2
+    if kind == 'nf4': return int(nf4 * NF4_BYTES + (params - nf4) * 2)
+    return params * b
+
+def block_bytes(arch: Arch, kind: str, b: int = 2) -> tuple[int, int]:
+    "(bytes of one double block, of one single block) stored as base `kind`."
+    return tuple(_storage_bytes(*c, kind, b) for c in arch.blocks)
+
+@functools.lru_cache(maxsize=32)
+def block_flops(width: int, img_tokens: int, txt_tokens: int) -> tuple[int, int]:
+    "Forward FLOPs of one double and one single block for one sample (counted on meta)."
+    from torch.utils.flop_counter import FlopCounterMode
+    m = torch.nn.Module.to(meta_transformer(1, 1, num_attention_heads=width // FLUX_DEV['attention_head_dim']), torch.bfloat16)
+    z = lambda *s: torch.zeros(*s, dtype=torch.bfloat16, device='meta')
+    with torch.device('meta'): rot = m.pos_embed(torch.zeros(img_tokens + txt_tokens, 3))
+    out = []
+    for blk in (m.transformer_blocks[0], m.single_transformer_blocks[0]):
+        with FlopCounterMode(display=False) as fc:
+            blk(hidden_states=z(1, img_tokens, width), encoder_hidden_states=z(1, txt_tokens, width), temb=z(1, width), image_rotary_emb=rot)
+        out.append(fc.get_total_flops())
+    return tuple(out)
+
 # %% ../nbs/10_memory.ipynb #9f6457e0
 BACKWARD_TRANSIENT = 14.5  # in units of one block output (batch × tokens × width × compute bytes); see the validation table
 CUDA_CONTEXT_GB = 0.6      # CUDA context + cuBLAS workspace: outside max_memory_allocated, inside nvidia-smi
@@ -157,10 +193,11 @@ class Plan:
     device: str = 'cpu'
     device_gb: float | None = None
     settings: dict = field(default_factory=dict)
+    loading_peak: int = 0         # NF4 with swap: the whole 4-bit base is on the device before the swapped blocks leave
     @property
     def train_peak(self) -> int: return sum(self.parts.values())
     @property
-    def peak(self) -> int: return max(self.train_peak, self.caching_peak)
+    def peak(self) -> int: return max(self.train_peak, self.caching_peak, self.loading_peak)
     @property
     def peak_gb(self) -> float: return self.peak / GB
     @property
@@ -182,8 +219,11 @@ def plan_memory(cfg: Config,                 # the resolved run config
                 base: str | None = None,     # 'bf16'|'fp16'|'fp32'|'fp8'|'nf4'; default from cfg (fp8_base, quant_base)
                 encoders: str = 'cached',    # 'cached' (fluxid) or 'live' (kept on the device while training)
                 device: str | None = None,   # 'cuda' adds context/allocator overhead; default: detected
+                blocks_to_swap: int | None = None, # blocks in host memory; default cfg.blocks_to_swap
+                gpus: int = 1,               # processes, one per GPU
+                sharded: bool = False,       # FSDP over the `gpus` (else each GPU holds the whole base)
                ) -> Plan:
-    "Predict the peak memory of training `cfg`, with its breakdown."
+    "Predict the peak memory of training `cfg` on one GPU, with its breakdown."
     arch = arch or architecture()
     if base in ('fp8', 'nf4'): cfg = dataclasses.replace(cfg, fp8_base=base == 'fp8')
     elif base: cfg = dataclasses.replace(cfg, fp8_base=False, mixed_precision={'bf16': 'bf16', 'fp16': 'fp16', 'fp32': 'no'}[base])
@@ -191,11 +231,12 @@ def plan_memory(cfg: Config,                 # the resolved run config
     dt = compute_dtype(cfg); b = torch.tensor([], dtype=dt).element_size()
     n_img = img_tokens or image_tokens(cfg.resolution)
     n_txt = cfg.t5_max_length
-    if kind == 'fp8': weights = arch.fp8_params * 1 + (arch.params - arch.fp8_params) * 2
-    elif kind == 'nf4': weights = arch.nf4_weights * NF4_BYTES + (arch.params - arch.nf4_weights) * 2
-    else: weights = arch.params * b
+    weights = _storage_bytes(arch.params, arch.fp8_params, arch.nf4_weights, kind, b)
+    sizes = [block_bytes(arch, kind, b)[0]] * arch.double + [block_bytes(arch, kind, b)[1]] * arch.single  # as they run
+    n_swap = min(len(sizes), cfg.blocks_to_swap if blocks_to_swap is None else blocks_to_swap)
+    k = gpus if sharded and gpus > 1 else 1
     n_mod, n_lora = lora_params(arch, cfg.lora_targets, cfg.network_dim)
-    opt = n_lora * (2 if cfg.optimizer == 'adamw8bit' else 8)
+    opt = n_lora * (2 if cfg.optimizer == 'adamw8bit' else 8) / k
     s = dict(_count_saved(arch.width, n_img, n_txt, cfg.train_batch_size, dt, tuple(cfg.lora_targets), cfg.network_dim,
                           'nf4' if kind == 'nf4' else 'fp8' if kind == 'fp8' else 'plain'))
     stored = s['io_embed'] + arch.double * s['io_double'] + arch.single * s['io_single'] + s['outside']
@@ -205,8 +246,17 @@ def plan_memory(cfg: Config,                 # the resolved run config
     transient = BACKWARD_TRANSIENT * s['io_single']
     opt_step = n_lora * 8 if cfg.optimizer == 'adamw' else 0  # foreach AdamW temporaries, only while activations are freed
     act = stored + inner + transient
-    parts = {'base weights': int(weights), 'LoRA weights': n_lora * 4, 'LoRA grads': n_lora * 4, 'optimizer state': opt,
-             'activations (saved)': int(stored + inner), 'backward transient': int(max(transient, opt_step - stored - inner))}
+    parts = {'base weights': int(weights), 'LoRA weights': int(n_lora * 4 / k), 'LoRA grads': int(n_lora * 4 / k),
+             'optimizer state': int(opt), 'activations (saved)': int(stored + inner),
+             'backward transient': int(max(transient, opt_step / k - stored - inner))}
+    swapped = sizes[len(sizes) - n_swap:]
+    if n_swap:  # the running block and the next one are on the device; the rest wait in host memory
+        parts['base weights'] = int(weights - sum(swapped))
+        parts['swap buffers'] = max([a + b for a, b in zip(swapped, swapped[1:])] or swapped)
+    if k > 1:  # 1/k of every block kept; the root (embedders, final layers) gathered whole for the step, besides its shard
+        parts['base weights'] = int((weights - sum(sizes)) * (1 + 1 / k) + sum(sizes) / k)
+        # the running block whole, the next one's all-gather output and its input (this GPU's shard, copied): FSDP2
+        parts['FSDP gathered blocks'] = int(max(a + b + max(a, b) / k for a, b in list(zip(sizes, sizes[1:])) or [(sizes[0], 0)]))
     enc = encoder_params()
     if encoders == 'live': parts['text encoders + VAE'] = (enc['t5'] + enc['clip'] + enc['vae']) * 2
     caching = (enc['t5'] + enc['clip']) * 2 + n_txt * 4096 * 4 * 8  # bf16 encoders + T5 activations (no grad)
@@ -219,71 +269,188 @@ def plan_memory(cfg: Config,                 # the resolved run config
     settings = dict(base=label, image_tokens=n_img, text_tokens=n_txt, resolution=side, batch=cfg.train_batch_size,
                     gradient_checkpointing=cfg.gradient_checkpointing, optimizer=cfg.optimizer, rank=cfg.network_dim,
                     lora_modules=n_mod, lora_params=n_lora, blocks=f"{arch.double}+{arch.single}", width=arch.width,
-                    encoders=encoders)
-    return Plan(label, parts, int(caching), overhead, device, device_gb, settings)
+                    encoders=encoders, blocks_to_swap=n_swap, host_bytes=-(-sum(swapped) // 2**28) * 2**28, gpus=gpus,
+                    sharded=k > 1, kind=kind, accumulation=cfg.gradient_accumulation_steps)
+    loading = int(weights) if n_swap and kind == 'nf4' else 0  # quantized straight onto the GPU, then swapped out
+    return Plan(label, parts, int(caching), overhead, device, device_gb, settings, loading)
 
-# %% ../nbs/10_memory.ipynb #a2b655e3
-LEVERS = [  # (label, env a user sets, plan_memory/replace arguments)
-    ('FP8_BASE=1', 'FP8_BASE=1', dict(base='fp8')),
-    ('8-bit AdamW', 'FLUXID_OPTIMIZER=adamw8bit', dict(optimizer='adamw8bit')),
-    ('NF4 base', 'QUANT_BASE=nf4', dict(base='nf4')),
-    ('batch 1', 'BATCH_SIZE=1', dict(train_batch_size=1)),
-    ('resolution 512', 'RESOLUTION=512', dict(resolution=512)),
-    ('gradient checkpointing', 'FLUXID_GRADIENT_CHECKPOINTING=1', dict(gradient_checkpointing=True)),
-]
-
-def _apply(cfg, kw):
-    base = kw.get('base')
-    rest = {k: v for k, v in kw.items() if k != 'base'}
-    if 'resolution' in rest:
-        rest |= dict(min_bucket_reso=min(cfg.min_bucket_reso, rest['resolution']), max_bucket_reso=max(cfg.max_bucket_reso, rest['resolution']))
-    return dataclasses.replace(cfg, **rest), base
-
-def suggest(cfg: Config, budget_gb: float, device: str = 'cuda', max_levers: int = 3, **plan_kw) -> list[dict]:
-    "Settings (one to `max_levers` levers) that would fit in `budget_gb`, with predicted need; fewest levers first."
-    base0 = plan_kw.pop('base', None)
-    useful = [l for l in LEVERS if not all(getattr(cfg, k, None) == v for k, v in l[2].items() if k != 'base')
-              or ('base' in l[2] and l[2]['base'] != (base0 or base_kind(cfg)))]
-    out, seen = [], set()
-    for n in range(1, max_levers + 1):
-        for combo in itertools.combinations(useful, n):
-            if sum('base' in l[2] for l in combo) > 1: continue
-            kw = {}
-            for l in combo: kw |= l[2]
-            c, base = _apply(cfg, kw)
-            p = plan_memory(c, budget_gb, base=base or base0, device=device, **plan_kw)
-            if p.fits and not any(s <= {l[0] for l in combo} for s in seen):
-                seen.add(frozenset(l[0] for l in combo))
-                out.append(dict(levers=[l[0] for l in combo], env=' '.join(l[1] for l in combo), need_gb=p.need_gb, plan=p))
-    return sorted(out, key=lambda d: (len(d['levers']), d['need_gb']))
-
-# %% ../nbs/10_memory.ipynb #da428780
-def format_plan(plan: Plan, suggestions: list | None = None) -> str:
+# %% ../nbs/10_memory.ipynb #14fa2ed8
+def format_plan(plan: Plan) -> str:
     "The plan as the few lines the dry run and the start-of-training summary print."
     s = plan.settings
     dev = (f"{plan.device} {plan.device_gb:.0f} GiB" if plan.device_gb else plan.device)
+    extra = (f", {s['blocks_to_swap']} blocks swapped" if s.get('blocks_to_swap') else '') + (f", FSDP over {s['gpus']} GPUs" if s.get('sharded') else '')
     head = (f"memory plan ({s['blocks']} blocks × {s['width']}, {plan.label}, {s['resolution']}² = {s['image_tokens']}+{s['text_tokens']} tokens, "
             f"batch {s['batch']}, checkpointing {'on' if s['gradient_checkpointing'] else 'off'}, {s['optimizer']}, "
-            f"rank {s['rank']} on {s['lora_modules']} Linears):")
+            f"rank {s['rank']} on {s['lora_modules']} Linears{extra}):")
     lines = [head] + [f"  {k:<22} {v/GB:7.2f} GiB" for k, v in plan.parts.items()]
     lines.append(f"  {'training peak':<22} {plan.train_peak/GB:7.2f} GiB   (caching phase, encoders only: {plan.caching_peak/GB:.1f} GiB)")
+    if plan.loading_peak: lines.append(f"  {'loading peak':<22} {plan.loading_peak/GB:7.2f} GiB   (the 4-bit base is quantized on the GPU before blocks move out)")
     if plan.overhead: lines.append(f"  {'+ context/allocator':<22} {plan.overhead/GB:7.2f} GiB   → needs {plan.need_gb:.1f} GiB")
     if plan.fits is not None:
-        lines.append(f"  device {dev}: {'fits' if plan.fits else 'DOES NOT FIT'}")
+        lines.append(f"  device {dev}: {'fits' if plan.fits else 'DOES NOT FIT: this run would stop out of memory'}")
     elif plan.device == 'cpu':
         lines.append("  no accelerator detected: the numbers are for a CUDA device with this config")
-    if suggestions is not None and plan.fits is False:
-        lines.append("  settings that would fit:" if suggestions else "  no combination of FP8/NF4/8-bit Adam/512/batch 1 fits")
-        lines += [f"    {' + '.join(x['levers']):<34} {x['need_gb']:5.1f} GiB   ({x['env']})" for x in suggestions[:5]]
     return '\n'.join(lines)
 
-def memory_report(cfg: Config, device_gb: float | None = None, arch: Arch | None = None) -> str:
-    "format_plan for the detected (or given) device, with suggestions when it does not fit."
+# %% ../nbs/10_memory.ipynb #e70d4f5f
+TFLOPS = 100.0    # sustained bf16 TFLOP/s of the blocks (an RTX 4090-class card; an assumption, see above)
+PCIE_GBPS = 25.0  # pinned host-to-device GB/s (PCIe 4.0 ×16 at ~80%)
+LINK_GBPS = 25.0  # GPU-to-GPU GB/s for FSDP's all-gathers (PCIe between consumer cards)
+BASE_SPEED = {'plain': 1.0, 'fp8': 1.1, 'nf4': 1.3}  # compute time relative to bf16 (assumed; gpu_bench measures it)
+
+def step_seconds(plan: Plan,                   # plan_memory's result for the settings
+                 arch: Arch | None = None,     # the plan's architecture (default FLUX.1-dev)
+                 tflops: float = TFLOPS, pcie_gbps: float = PCIE_GBPS, link_gbps: float = LINK_GBPS,
+                ) -> tuple[float, float]:
+    "(seconds, seconds without swap or all-gather waits) of one optimizer step on one GPU: an estimate."
+    arch, s = arch or architecture(), plan.settings
+    fd, fs = block_flops(arch.width, s['image_tokens'], s['text_tokens'])
+    per = s['batch'] * BASE_SPEED[s['kind']] / (tflops * 1e12)
+    compute = [fd * per] * arch.double + [fs * per] * arch.single
+    bd, bs = block_bytes(arch, s['kind'], 4 if 'float32' in plan.label else 2)
+    sizes = [bd] * arch.double + [bs] * arch.single
+    n, k = s['blocks_to_swap'], s['gpus']
+    if s['sharded']: copy = [x * (k - 1) / k / (link_gbps * 1e9) for x in sizes]
+    else: copy = [0.0] * (len(sizes) - n) + [x / (pcie_gbps * 1e9) for x in sizes[len(sizes) - n:]]
+    micro = s['accumulation']
+    return micro * pipeline_seconds(compute, copy, keep_last=not s['sharded']), micro * pipeline_seconds(compute, [0.0] * len(sizes))
+
+# %% ../nbs/10_memory.ipynb #2ce89eda
+@dataclass
+class Option:
+    "One way to train a profile on a card: settings, predicted need, estimated speed."
+    base: str        # bf16 | fp8 | nf4
+    optimizer: str
+    resolution: int
+    batch: int
+    accumulation: int
+    gpus: int
+    sharded: bool    # FSDP (else every GPU holds the whole base)
+    swap: int        # blocks_to_swap
+    need_gb: float   # predicted GPU memory, context and allocator included
+    host_gb: float   # pinned host memory for the swapped blocks
+    slowdown: float  # step time against no swap / no all-gather waits, same settings (estimate)
+    seconds: float   # estimated seconds per optimizer step
+    def overrides(self, cfg: Config) -> dict:
+        "The config keys that differ from `cfg`."
+        want = dict(fp8_base=self.base == 'fp8', quant_base='nf4' if self.base == 'nf4' else 'none', optimizer=self.optimizer,
+                    resolution=self.resolution, train_batch_size=self.batch, gradient_accumulation_steps=self.accumulation,
+                    blocks_to_swap=self.swap)
+        return {k: v for k, v in want.items() if getattr(cfg, k) != v}
+
+def _apply(cfg, kw):
+    "cfg with `kw` replaced; a new resolution widens the bucket range to include it."
+    if 'resolution' in kw: kw |= dict(min_bucket_reso=min(cfg.min_bucket_reso, kw['resolution']), max_bucket_reso=max(cfg.max_bucket_reso, kw['resolution']))
+    return dataclasses.replace(cfg, **kw)
+
+def _fewest_swapped(fits, n_blocks: int) -> int | None:
+    "The smallest N in 0..n_blocks with fits(N), or None (fits only turns true as N grows)."
+    if not fits(n_blocks): return None
+    lo, hi = 0, n_blocks
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if fits(mid): hi = mid
+        else: lo = mid + 1
+    return lo
+
+def host_memory_gb() -> float:
+    "This machine's physical memory, GiB."
+    return os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / GB
+
+def fit_options(cfg: Config, gpu_gb: float, gpus: int = 1, arch: Arch | None = None,
+                host_gb: float | None = None,  # pinned host memory swap may use (None: no limit)
+                **speed) -> list[Option]:
+    "Every way found to train `cfg` on `gpus` cards of `gpu_gb` GiB, best first (speed: step_seconds' rates)."
+    arch, out, total = arch or architecture(), [], cfg.effective_batch
+    n_blocks = (arch.double + arch.single) if cfg.gradient_checkpointing else 0
+    res = sorted({cfg.resolution} | {r for r in (512, 768, 1024) if r < cfg.resolution}, reverse=True)
+    shapes = [(b, total // (b * gpus)) for b in (1, 2, 4) if total % (b * gpus) == 0] or [(1, max(1, round(total / gpus)))]
+    for base, opt, r, (batch, acc), sharded in itertools.product(('bf16', 'fp8', 'nf4'), ('adamw', 'adamw8bit'), res, shapes,
+                                                                  (False, True) if gpus > 1 else (False,)):
+        if sharded and launch_problems(dataclasses.replace(cfg, fp8_base=base == 'fp8', quant_base='nf4' if base == 'nf4' else 'none',
+                                                           optimizer=opt, blocks_to_swap=0), sharded=True): continue
+        c = _apply(cfg, dict(optimizer=opt, resolution=r, train_batch_size=batch, gradient_accumulation_steps=acc))
+        plan = lambda n: plan_memory(c, gpu_gb, arch=arch, base=base, device='cuda', blocks_to_swap=n, gpus=gpus, sharded=sharded)
+        n = _fewest_swapped(lambda n: plan(n).fits, 0 if sharded else n_blocks)
+        if n is None or (host_gb is not None and plan(n).settings['host_bytes'] / GB > host_gb): continue
+        p = plan(n); t, t0 = step_seconds(p, arch, **speed)
+        out.append(Option(base, opt, r, batch, acc, gpus, sharded, n, p.need_gb, p.settings['host_bytes'] / GB, t / t0, t))
+    keep = [o for o in out if not (o.optimizer == 'adamw8bit' and any(
+        a.optimizer == 'adamw' and (a.base, a.resolution, a.batch, a.sharded) == (o.base, o.resolution, o.batch, o.sharded)
+        and a.swap <= o.swap for a in out))]
+    return sorted(keep, key=lambda o: (o.resolution != cfg.resolution, o.seconds))
+
+# %% ../nbs/10_memory.ipynb #5f01f950
+def _command(cfg: Config, o: Option) -> str:
+    sets = ' '.join(f"--set {k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in o.overrides(cfg).items())
+    launch = (f"accelerate launch --config_file configs/accelerate_fsdp.yaml --num_processes {o.gpus} -m fluxid_nb.cli train" if o.sharded
+              else f"accelerate launch --multi_gpu --num_processes {o.gpus} -m fluxid_nb.cli train" if o.gpus > 1 else "fluxid train")
+    return f"{launch} --profile {cfg.profile} {sets}".strip()
+
+def format_options(cfg: Config, options: list, gpu_gb: float, gpus: int = 1, limit: int = 12, host_gb: float | None = None, **speed) -> str:
+    "The options as a table, the fastest marked, with the command that runs it."
+    sp = dict(tflops=TFLOPS, pcie_gbps=PCIE_GBPS, link_gbps=LINK_GBPS) | speed
+    host = f"at most {host_gb:.0f} GiB pinned host memory" if host_gb is not None else "host memory not limited (--host-memory)"
+    head = (f"fluxid plan: profile {cfg.profile} ({cfg.resolution}², effective batch {cfg.effective_batch}) on {gpus} × {gpu_gb:g} GiB, {host}\n"
+            f"  speed is an estimate: {sp['tflops']:g} TFLOP/s sustained bf16, host→GPU {sp['pcie_gbps']:g} GB/s"
+            + (f", GPU↔GPU {sp['link_gbps']:g} GB/s" if gpus > 1 else '') + " (assumed; --tflops, --pcie-gbps, --link-gbps)")
+    if not options: return head + "\n  nothing fits: no base, optimizer, resolution, batch or number of swapped blocks brings it under the card"
+    rows = ["    base  optimizer  res    batch×accum×gpus  parallel  swap  host GiB  needs GiB  slowdown  est. s/step"]
+    for i, o in enumerate(options[:limit]):
+        par = 'FSDP' if o.sharded else 'DDP' if o.gpus > 1 else '-'
+        rows.append(f"  {'→' if i == 0 else ' '} {o.base:<5} {o.optimizer:<9}  {o.resolution:>4}²  {o.batch}×{o.accumulation}×{o.gpus:<12}  "
+                    f"{par:<8}  {o.swap:>4}  {o.host_gb:8.1f}  {o.need_gb:9.1f}  {o.slowdown:7.2f}×  {o.seconds:10.2f}")
+    more = [f"  … {len(options) - limit} more"] if len(options) > limit else []
+    return '\n'.join([head, *rows, *more, f"  fastest that fits: {_command(cfg, options[0])}"])
+
+# %% ../nbs/10_memory.ipynb #d7797e88
+def plan_main(profile: str | None,   # profile name or TOML path
+              gpu_memory_gb: float,  # memory of one card, GiB
+              gpus: int = 1,         # cards (processes)
+              host_memory_gb: float | None = None,  # pinned host memory swap may use (None: no limit)
+              tflops: float = TFLOPS, pcie_gbps: float = PCIE_GBPS, link_gbps: float = LINK_GBPS,  # speed assumptions
+              **overrides) -> int:   # config keys, as for `fluxid train --set`
+    "`fluxid plan`: print the settings that fit the card, fastest first; exit status 0 if any fits."
+    cfg = resolve_config(profile, **overrides)
+    arch, why = model_architecture(cfg.model_path)
+    if arch is None: print(f"fluxid plan: not modelled for {why}"); return 2
+    speed = dict(tflops=tflops, pcie_gbps=pcie_gbps, link_gbps=link_gbps)
+    opts = fit_options(cfg, gpu_memory_gb, gpus, arch, host_memory_gb, **speed)
+    print(format_options(cfg, opts, gpu_memory_gb, gpus, host_gb=host_memory_gb, **speed))
+    return 0 if opts else 1
+
+# %% ../nbs/10_memory.ipynb #a5e3f79d
+def memory_report(cfg: Config, device_gb: float | None = None, arch: Arch | None = None,
+                  gpus: int | None = None, sharded: bool | None = None) -> str:
+    "The plan for the detected (or given) device and launch, the cost of swap/FSDP, and what would fit when it does not."
+    arch = arch or architecture()
     name, gb = detect_device()
     dev = 'cuda' if (name != 'cpu' or device_gb) else 'cpu'
     gb = device_gb or gb
-    p = plan_memory(cfg, gb, arch=arch, device=dev); p.device = name if name != 'cpu' else ('cuda' if device_gb else 'cpu')
-    return format_plan(p, suggest(cfg, gb, arch=arch) if p.fits is False else None)
+    gpus = gpus or int(os.environ.get('WORLD_SIZE') or 1)
+    sharded = fsdp_requested() if sharded is None else sharded
+    p = plan_memory(cfg, gb, arch=arch, device=dev, gpus=gpus, sharded=sharded)
+    p.device = name if name != 'cpu' else ('cuda' if device_gb else 'cpu')
+    lines = [format_plan(p)]
+    if p.settings['blocks_to_swap'] or p.settings['sharded']:
+        t, t0 = step_seconds(p, arch)
+        what = (f"block swap: {p.settings['blocks_to_swap']} blocks in {p.settings['host_bytes']/GB:.1f} GiB of pinned host memory"
+                if p.settings['blocks_to_swap'] else f"FSDP over {gpus} GPUs")
+        lines.append(f"  {what}: est. ×{t/t0:.2f} step time ({t:.1f} s/step at {TFLOPS:g} TFLOP/s, {PCIE_GBPS:g} GB/s: an estimate)")
+        if p.settings['host_bytes'] > 0.8 * host_memory_gb() * GB:
+            lines.append(f"  warning: swap pins {p.settings['host_bytes']/GB:.1f} GiB, more than 80% of this machine's {host_memory_gb():.0f} GiB")
+    lines += [f"  warning: {m}" for m in launch_problems(cfg, sharded, arch.double + arch.single)]
+    if p.fits is False:  # what fits this card, swap pinning at most 80% of this machine's memory
+        opts = fit_options(cfg, gb, gpus, arch, 0.8 * host_memory_gb())
+        lines.append("  settings that fit this card (`fluxid plan` lists them all):" if opts else "  nothing fits this card")
+        lines += ['  ' + l for l in format_options(cfg, opts, gb, gpus, limit=5).splitlines()[2:]] if opts else []
+    elif p.fits is None:  # no GPU here: what a GPU would need, context and allocator included
+        need = plan_memory(cfg, arch=arch, device='cuda', gpus=gpus, sharded=sharded).need_gb
+        cards = [g for g in (8, 10, 12, 16, 20, 24, 32, 40, 48, 80, 96, 141) if g >= need]
+        lines.append(f"  needs {need:.1f} GiB on a GPU" + (f": fits a {cards[0]} GiB card" if cards else '')
+                     + "; `fluxid plan --gpu-memory G` lists the settings for a smaller one")
+    return '\n'.join(lines)
 
 # %% ../nbs/10_memory.ipynb #48488a4e
 _FREE = ('num_layers', 'num_single_layers', 'num_attention_heads')  # what `architecture` takes from the model's config

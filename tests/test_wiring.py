@@ -165,7 +165,7 @@ def test_prior_preservation_adds_weighted_reg_loss(tmp_path, monkeypatch):
     real = T.flow_loss
     def rec(model, batch, cfg, gen, *a, **k):
         out = real(model, batch, cfg, gen, *a, **k)
-        if k.get('sigmas') is None: seen.append(float(out.detach()))
+        if k.get('sigmas') is None: seen.append(float((out[0] if isinstance(out, tuple) else out).detach()))
         return out
     monkeypatch.setattr(T, 'flow_loss', rec)
     t = _setup(tmp_path, use_reg=True, reg_dir=str(reg), prior_loss_weight=0.5, max_train_steps=1, checkpoint_every_n_steps=1)
