@@ -13,7 +13,7 @@ from .data import (IMAGE_EXTS, DatasetError, caption_words, dataset_layout, dete
                             photos, read_caption, _probe, _resolve_root, _write)
 from .demo import TRIGGER
 from .flux1 import CLIP_MAX_TOKENS
-from .models import forbid_network
+from .models import forbid_network, built_atomically, built_once
 from .prompts import clip_tokens
 
 # %% auto #0
@@ -179,8 +179,7 @@ def build_tiny_captioner(folder: Path,  # where to save the transformers folder
     from transformers.utils import logging as tl
     tl.disable_progress_bar()  # no bar for saving a 0.3 MB model
     folder = Path(folder)
-    tmp = Path(tempfile.mkdtemp(prefix='.tiny-captioner-', dir=folder.parent if folder.parent.exists() else None))
-    try:
+    with built_atomically(folder, '.tiny-captioner-') as tmp:
         tok = _tiny_tokenizer()
         ids = {t: tok.convert_tokens_to_ids(t) for t in _TINY_SPECIAL}
         image = CLIPImageProcessorPil(size={'shortest_edge': 56}, crop_size={'height': 56, 'width': 56})
@@ -201,19 +200,11 @@ def build_tiny_captioner(folder: Path,  # where to save the transformers folder
                                                no_repeat_ngram_size=2, repetition_penalty=5.0)
         m.save_pretrained(tmp)
         (tmp/'fluxid_tiny.json').write_text(json.dumps(dict(kind='captioner', version=TINY_CAPTIONER_VERSION, seed=seed)))
-        if folder.exists(): shutil.rmtree(folder)
-        tmp.rename(folder)  # atomic: a half-built model is never seen under its final name
-    finally:
-        if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)
     return folder
 
 def tiny_captioner(seed: int = 0) -> Path:
     "The built-in tiny captioner's folder, built into the cache on first use."
-    folder = cache_root()/f'tiny-captioner-v{TINY_CAPTIONER_VERSION}-seed{seed}'
-    if not (folder/'fluxid_tiny.json').is_file():
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        build_tiny_captioner(folder, seed=seed)
-    return folder
+    return built_once(f'tiny-captioner-v{TINY_CAPTIONER_VERSION}-seed{seed}', lambda folder: build_tiny_captioner(folder, seed=seed))
 
 # %% ../nbs/caption.ipynb #549874e4
 class CaptionModelError(ValueError): "The caption model cannot be used; the message says what folder was expected."

@@ -17,10 +17,10 @@ def _quiet_loading():
     dl.disable_progress_bar(); tl.disable_progress_bar()
 
 # %% auto #0
-__all__ = ['TINY_VERSION', 'PRECISION', 'NetworkUsed', 'forbid_network', 'build_tiny_flux', 'tiny_flux', 'ModelError',
-           'resolve_model_path', 'check_model_dir', 'load_pipeline', 'load_component', 'torch_dtype', 'base_kind',
-           'compute_dtype', 'nf4_eligible', 'fp8_eligible', 'Fp8Linear', 'fp8_base_', 'quantize_nf4_',
-           'quantized_bytes', 'load_transformer', 'eval_mode', 'random_flux']
+__all__ = ['TINY_VERSION', 'PRECISION', 'NetworkUsed', 'forbid_network', 'built_atomically', 'built_once', 'build_tiny_flux',
+           'tiny_flux', 'ModelError', 'resolve_model_path', 'check_model_dir', 'load_pipeline', 'load_component',
+           'torch_dtype', 'base_kind', 'compute_dtype', 'nf4_eligible', 'fp8_eligible', 'Fp8Linear', 'fp8_base_',
+           'quantize_nf4_', 'quantized_bytes', 'load_transformer', 'eval_mode', 'random_flux']
 
 # %% ../nbs/02_models.ipynb #52f1a7ad
 class NetworkUsed(RuntimeError): "A connection was attempted where fluxid promised to stay offline."
@@ -98,6 +98,27 @@ def _t5_tokenizer(folder: Path):
     return t
 
 # %% ../nbs/02_models.ipynb #2750373d
+@contextlib.contextmanager
+def built_atomically(folder: Path, prefix: str = '.tmp-'):
+    "Yield a temporary sibling of `folder` to build into; on success it replaces `folder` (a half-built one is never seen)."
+    folder = Path(folder)
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=folder.parent if folder.parent.exists() else None))
+    try:
+        yield tmp
+        if folder.exists(): shutil.rmtree(folder)
+        tmp.rename(folder)
+    finally:
+        if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)
+
+def built_once(name: str, build) -> Path:
+    "`cache_root()/name`, made by `build(folder)` on first use (complete once its `fluxid_tiny.json` exists)."
+    folder = cache_root()/name
+    if not (folder/'fluxid_tiny.json').is_file():
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        build(folder)
+    return folder
+
+# %% ../nbs/02_models.ipynb #03b5670a
 def build_tiny_flux(folder: Path,     # where to save the diffusers folder
                     seed: int = 0,    # weights are a pure function of the seed
                     hidden: int = 64, # transformer width (heads × 32); multiples of 64 keep 4-bit paths testable
@@ -108,8 +129,7 @@ def build_tiny_flux(folder: Path,     # where to save the diffusers folder
     from diffusers import FluxPipeline, FluxTransformer2DModel, AutoencoderKL, FlowMatchEulerDiscreteScheduler
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
     folder = Path(folder)
-    tmp = Path(tempfile.mkdtemp(prefix='.tiny-', dir=folder.parent if folder.parent.exists() else None))
-    try:
+    with built_atomically(folder, '.tiny-') as tmp:
         clip_tok, t5_tok = _clip_tokenizer(tmp/'tokenizer'), _t5_tokenizer(tmp/'tokenizer_2')
         torch.manual_seed(seed)
         transformer = FluxTransformer2DModel(
@@ -136,19 +156,11 @@ def build_tiny_flux(folder: Path,     # where to save the diffusers folder
         pipe.save_pretrained(tmp)
         (tmp/'fluxid_tiny.json').write_text(json.dumps(dict(version=TINY_VERSION, seed=seed, hidden=hidden,
                                                             double=double, single=single)))
-        if folder.exists(): shutil.rmtree(folder)
-        tmp.rename(folder)  # atomic: a half-built model is never seen under its final name
-    finally:
-        if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)
     return folder
 
 def tiny_flux(seed: int = 0) -> Path:
     "The built-in tiny model's folder, built into the cache on first use."
-    folder = cache_root()/f'tiny-flux-v{TINY_VERSION}-seed{seed}'
-    if not (folder/'fluxid_tiny.json').is_file():
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        build_tiny_flux(folder, seed=seed)
-    return folder
+    return built_once(f'tiny-flux-v{TINY_VERSION}-seed{seed}', lambda folder: build_tiny_flux(folder, seed=seed))
 
 # %% ../nbs/02_models.ipynb #8b74f008
 class ModelError(ValueError): "MODEL_PATH cannot be used; the message says what was expected and how to get it."
