@@ -143,3 +143,21 @@ def test_caption_dropout_trains_on_the_trigger_alone_exactly_where_drawn_and_res
     resumed = Trainer(demo_cfg(tmp_path, run_name='resumed', caption_dropout_rate=rate, resume_from=str(half.run_dir), **kw), **QUIET).run()
     assert [r['loss'] for r in _rows(resumed.run_dir)] == [r['loss'] for r in rows[4:]]
     assert _sha(resumed.lora) == _sha(whole.lora)
+
+
+@pytest.mark.parametrize('launch', ['ddp', 'fsdp'])
+def test_levers_under_two_processes_keep_the_ranks_identical(tmp_path, launch):
+    "Masks, preservation (a second and third pass before one backward) and caption dropout under DDP and FSDP (gloo, CPU)."
+    import subprocess, sys
+    root = Path(__file__).resolve().parents[1]
+    how = (['--multi_gpu', '--num_processes', '2', '--num_machines', '1', '--mixed_precision', 'no', '--dynamo_backend', 'no']
+           if launch == 'ddp' else ['--config_file', str(root/'configs'/'accelerate_fsdp.yaml'), '--num_processes', '2'])
+    cmd = [str(Path(sys.executable).parent/'accelerate'), 'launch', *how, '-m', 'fluxid_nb.cli', 'train', '--profile', 'demo',
+           '--out-dir', str(tmp_path), '--run-name', launch, '--max-steps', '4', '--set', 'sample_every_n_steps=0',
+           '--set', 'checkpoint_every_n_steps=2', '--set', 'preservation=dop', '--set', 'class_word=person',
+           '--set', 'masked_loss=face', '--set', 'caption_dropout_rate=0.3']
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=root)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert json.loads((tmp_path/launch/'ranks.json').read_text())['identical']
+    rows = _rows(tmp_path/launch)
+    assert [r['step'] for r in rows] == [1, 2, 3, 4] and rows[0]['preservation_loss'] == 0.0
