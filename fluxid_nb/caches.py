@@ -86,8 +86,7 @@ def build_masks(cfg: Config, caches: Caches, examples: list, by_name: dict, mask
     if todo: caches.mask_dir.mkdir(parents=True, exist_ok=True)
     for ex in todo:
         it = by_name[ex.name.removesuffix(' (flipped)')]
-        mask, warn = masks.subject_mask(load_image(it.image_path), it.name, cfg.masked_loss, masks_from)
-        if warn: log(f"masks: warning: {warn}")
+        mask, _ = masks.subject_mask(load_image(it.image_path), it.name, cfg.masked_loss, masks_from)  # size warnings: check_masks
         w, h = (v // flux1.VAE_FACTOR for v in ex.bucket)
         if mask is not None:
             mask = fit_to_bucket(mask, ex.bucket)
@@ -135,7 +134,7 @@ def build_caches(cfg: Config, items, model_dir: Path, device, dtype, extra_promp
     import sys
     from tqdm import tqdm
     caches = Caches(model_dir, cfg, root)
-    if masks_from is not None: masks.check_masks(cfg, masks_from, items)  # a missing mask file stops the run before any encoding
+    for w in (masks.check_masks(cfg, masks_from, items) if masks_from is not None else []): log(f"masks: warning: {w}")  # missing ones stop the run here
     examples = _examples(cfg, items, caches, masks_from)
     by_name = {it.name: it for it in items}
     todo_lat = [(by_name[ex.name.removesuffix(' (flipped)')], ex) for ex in examples if not caches.lat_path(ex.latent_key).is_file()]

@@ -65,13 +65,19 @@ def subject_mask(img: Image.Image,    # the photo (EXIF-oriented)
     if mode == 'file': return file_mask(mask_file(root, name), img.size)
     return face_mask(img), None
 
-def check_masks(cfg: Config, root: Path, items: list) -> None:
-    "Refuse, before training, a `masked_loss` the dataset cannot give: missing mask files."
+def check_masks(cfg: Config, root: Path, items: list) -> list[str]:
+    "Refuse, before training, a `masked_loss` the dataset cannot give (missing mask files); returns the size warnings."
     if cfg.masked_loss == 'file' and (miss := missing_mask_files(root, items)):
         shown = ', '.join(f"{MASKS_FOLDER}/{n}.png" for n in miss[:5]) + (f" and {len(miss) - 5} more" if len(miss) > 5 else '')
         raise ConfigError(f"masked_loss = 'file' ({cfg.sources.get('masked_loss', 'default')}) but {len(miss)} of {len(items)} photos "
                           f"have no mask: {shown}. Add a greyscale PNG per photo in {Path(root)/MASKS_FOLDER} (white = subject, "
                           f"same name as the photo), or set masked_loss = \"face\" to make them from the detected faces.")
+    if cfg.masked_loss != 'file': return []
+    out = []
+    for it in items:  # a PNG's size is in its header: said on every run, cached masks or not
+        w, h = Image.open(mask_file(root, it.name)).size
+        if (w, h) != (it.width, it.height): out.append(f"{mask_file(root, it.name)} is {w}×{h} but its photo is {it.width}×{it.height}: resized to fit")
+    return out
 
 # %% ../nbs/05c_masks.ipynb #7ae95991
 def latent_mask(mask: Image.Image,  # the mask fitted to the bucket like its photo (and flipped with it)
