@@ -86,7 +86,7 @@ def build_masks(cfg: Config, caches: Caches, examples: list, by_name: dict, mask
     if todo: caches.mask_dir.mkdir(parents=True, exist_ok=True)
     for ex in todo:
         it = by_name[ex.name.removesuffix(' (flipped)')]
-        mask, _ = masks.subject_mask(load_image(it.image_path), it.name, cfg.masked_loss, masks_from)  # size warnings: check_masks
+        mask = masks.subject_mask(load_image(it.image_path), it.name, cfg.masked_loss, masks_from)  # size warnings: check_masks
         w, h = (v // flux1.VAE_FACTOR for v in ex.bucket)
         if mask is not None:
             mask = fit_to_bucket(mask, ex.bucket)

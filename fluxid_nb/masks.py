@@ -12,7 +12,8 @@ from . import faces
 
 # %% auto #0
 __all__ = ['MASK_VERSION', 'GROW', 'FEATHER', 'MASKS_FOLDER', 'face_mask', 'mask_file', 'missing_mask_files', 'file_mask',
-           'subject_mask', 'check_masks', 'latent_mask', 'mask_overlay', 'mask_sheet', 'mask_review']
+           'mask_size_warnings', 'subject_mask', 'check_masks', 'latent_mask', 'mask_overlay', 'mask_sheet',
+           'mask_review']
 
 # %% ../nbs/05c_masks.ipynb #b291dc53
 MASK_VERSION = 'face-ellipse-v1'  # part of every cached mask's key: a change here re-computes the masks
@@ -47,23 +48,31 @@ def missing_mask_files(root: Path, items: list) -> list[str]:
     "Names of the items that have no `masks/<name>.png`."
     return [it.name for it in items if not mask_file(root, it.name).is_file()]
 
-def file_mask(path: Path, size: tuple) -> tuple[Image.Image, str | None]:
-    "(mask 'L' at `size`, warning or None): the user's mask, greyscale (alpha where it has one), resized to its photo."
+def file_mask(path: Path, size: tuple) -> Image.Image:
+    "The user's mask as 'L' at `size`: greyscale (alpha where it has one), resized to its photo when it differs."
     m = Image.open(path)
     m = m.getchannel('A') if m.mode in ('RGBA', 'LA') and m.getchannel('A').getextrema()[0] < 255 else m.convert('L')
-    if m.size == tuple(size): return m, None
-    return m.resize(tuple(size), Image.Resampling.BILINEAR), f"{path} is {m.width}×{m.height} but its photo is {size[0]}×{size[1]}: resized to fit"
+    return m if m.size == tuple(size) else m.resize(tuple(size), Image.Resampling.BILINEAR)
+
+def mask_size_warnings(root: Path, items: list) -> list[str]:
+    "One line per mask file whose size differs from its photo's (a PNG's header read: cheap enough for every run)."
+    out = []
+    for it in items:
+        if not (f := mask_file(root, it.name)).is_file(): continue
+        w, h = Image.open(f).size
+        if (w, h) != (it.width, it.height): out.append(f"{f} is {w}×{h} but its photo is {it.width}×{it.height}: resized to fit")
+    return out
 
 # %% ../nbs/05c_masks.ipynb #b39ce0af
 def subject_mask(img: Image.Image,    # the photo (EXIF-oriented)
                  name: str,           # its stem
                  mode: str,           # masked_loss: none | face | file
                  root: Path | None = None # dataset folder (for file masks)
-                ) -> tuple[Image.Image | None, str | None]:
-    "(mask or None, warning or None) of one photo at its own size."
-    if mode == 'none': return None, None
+                ) -> Image.Image | None:
+    "The mask of one photo at its own size, or None (no masking, or no face found)."
+    if mode == 'none': return None
     if mode == 'file': return file_mask(mask_file(root, name), img.size)
-    return face_mask(img), None
+    return face_mask(img)
 
 def check_masks(cfg: Config, root: Path, items: list) -> list[str]:
     "Refuse, before training, a `masked_loss` the dataset cannot give (missing mask files); returns the size warnings."
@@ -72,12 +81,7 @@ def check_masks(cfg: Config, root: Path, items: list) -> list[str]:
         raise ConfigError(f"masked_loss = 'file' ({cfg.sources.get('masked_loss', 'default')}) but {len(miss)} of {len(items)} photos "
                           f"have no mask: {shown}. Add a greyscale PNG per photo in {Path(root)/MASKS_FOLDER} (white = subject, "
                           f"same name as the photo), or set masked_loss = \"face\" to make them from the detected faces.")
-    if cfg.masked_loss != 'file': return []
-    out = []
-    for it in items:  # a PNG's size is in its header: said on every run, cached masks or not
-        w, h = Image.open(mask_file(root, it.name)).size
-        if (w, h) != (it.width, it.height): out.append(f"{mask_file(root, it.name)} is {w}×{h} but its photo is {it.width}×{it.height}: resized to fit")
-    return out
+    return mask_size_warnings(root, items) if cfg.masked_loss == 'file' else []  # said on every run, cached masks or not
 
 # %% ../nbs/05c_masks.ipynb #7ae95991
 def latent_mask(mask: Image.Image,  # the mask fitted to the bucket like its photo (and flipped with it)
@@ -101,17 +105,15 @@ def mask_sheet(cfg: Config, root: Path, items: list, load, # load(path) -> the E
                cell: int = 160,
                found: list | None = None # per item, the faces already detected in `load`'s image (None: detect here)
               ) -> tuple[Image.Image, dict]:
-    "(contact sheet of every photo with its mask over it, counts {'masked', 'unmasked', 'missing', 'warnings'})."
+    "(contact sheet of every photo with its mask over it, counts {'masked', 'unmasked', 'missing'})."
     from fluxid_nb.pictures import contact_sheet
-    shown, labels, counts = [], [], dict(masked=0, unmasked=[], missing=[], warnings=[])
+    shown, labels, counts = [], [], dict(masked=0, unmasked=[], missing=[])
     for i, it in enumerate(items):
         img, mask = load(it.image_path), None
         if cfg.masked_loss == 'face':
             mask = face_mask(img, found[i][0]) if found is not None and found[i] else None if found is not None else face_mask(img)
         elif not mask_file(root, it.name).is_file(): counts['missing'].append(it.name)
-        else:
-            mask, warn = file_mask(mask_file(root, it.name), (it.width, it.height))  # checked against the photo's real size
-            if warn: counts['warnings'].append(warn)
+        else: mask = file_mask(mask_file(root, it.name), img.size)
         img.thumbnail((cell * 3, cell * 3))  # the overlay on a small copy: a preview, not training
         if mask is None: counts['unmasked'].append(it.name)
         else: counts['masked'] += 1
@@ -128,7 +130,7 @@ def mask_review(cfg: Config, root: Path, items: list, load,
     if cfg.masked_loss == 'none' or not items: return [], None
     sheet, n = mask_sheet(cfg, root, items, load, found=found)
     files = lambda names: [f"{MASKS_FOLDER}/{x}.png" for x in names]
-    out = [Finding('warning', 'mask-resized', w, []) for w in n['warnings']]
+    out = [Finding('warning', 'mask-resized', w, []) for w in (mask_size_warnings(root, items) if cfg.masked_loss == 'file' else [])]
     if n['missing']:
         out.append(Finding('error', 'mask-missing', f"masked_loss = 'file' but {len(n['missing'])} photo(s) have no mask: "
                            f"{', '.join(files(n['missing'][:6]))}. Draw them (white = subject), or set masked_loss = \"face\".", files(n['missing'])))

@@ -139,11 +139,13 @@ def setup(self: Trainer):
     self.holdout = items[-cfg.holdout_images:] if cfg.holdout_images else []
     self.items = items[:len(items) - cfg.holdout_images]
     self.prompts = read_prompts(cfg, self.trigger) if cfg.sample_every_n_steps else []
-    self.class_of = class_captions(cfg, {it.caption for it in self.items}, self.trigger)  # preservation's class captions
-    extra = [*self.prompts, *sorted(set(self.class_of.values())), *([self.trigger] if cfg.caption_dropout_rate else [])]
+    class_of = class_captions(cfg, {it.caption for it in self.items}, self.trigger)  # preservation's class captions
+    extra = [*self.prompts, *sorted(set(class_of.values())), *([self.trigger] if cfg.caption_dropout_rate else [])]
     with self.acc.main_process_first():
         self.caches, self.examples, _ = build_caches(cfg, self.items + self.holdout, self.model_dir, self.device, self.dtype, extra,
                                                      log=self._log, masks_from=ds.root if cfg.masked_loss != 'none' else None)
+    key = self.caches.text_key  # what each step reads, keyed once: a caption's class caption, and the trigger alone
+    self.class_key, self.trigger_key = {key(c): key(cc) for c, cc in class_of.items()}, key(self.trigger)
     held = {it.name for it in self.holdout}
     self.eval_examples = [ex for ex in self.examples if ex.name in held]  # held-out images, never flipped copies
     self.examples = [ex for ex in self.examples if ex.name.removesuffix(' (flipped)') not in held]
@@ -334,14 +336,14 @@ def _step(self: Trainer) -> tuple:
     lr = cfg.learning_rate * lr_at(step, cfg)
     for g in self.optimizer.param_groups: g['lr'] = lr
     tot = torch.zeros((), device=self.device)
-    pres = torch.zeros((), device=self.device) if self.class_of else None
+    pres = torch.zeros((), device=self.device) if self.class_key else None
     for micro in range(cfg.gradient_accumulation_steps):
         k = (step * cfg.gradient_accumulation_steps + micro) * self.world + self.rank
         _, idx = self.order(k)
         sync = micro == cfg.gradient_accumulation_steps - 1
         with contextlib.nullcontext() if (sync or self.world == 1) else self.model.no_sync():
             loss, parts = flow_loss(self.model, self._batch(k, idx), cfg, seeded_generator(cfg.seed, 'noise', k), self.device, self.dtype,
-                                    return_parts=True, lora_off=(lambda: lora_off(self.transformer)) if self.class_of else None)
+                                    return_parts=True, lora_off=(lambda: lora_off(self.transformer)) if self.class_key else None)
             fit = parts.get('fit', loss)  # logged as `loss`: the flow-matching fit, comparable with runs without preservation
             if self.reg_order:
                 _, ridx = self.reg_order(k)
@@ -362,11 +364,10 @@ def _step(self: Trainer) -> tuple:
 def _batch(self: Trainer, k: int, idx: list):
     "Micro-batch `k`: its samples, each on its caption or (caption dropout) the trigger alone, with class captions for preservation."
     cfg = self.cfg
-    texts = ([self.caches.text_key(self.trigger) if caption_dropped(cfg.seed, k, j, cfg.caption_dropout_rate) else None for j in range(len(idx))]
+    texts = ([self.trigger_key if caption_dropped(cfg.seed, k, j, cfg.caption_dropout_rate) else None for j in range(len(idx))]
              if cfg.caption_dropout_rate else None)
     b = load_batch(self.caches, self.examples, idx, texts)
-    if self.class_of:
-        b.class_t5, b.class_pooled = load_texts(self.caches, [self.caches.text_key(self.class_of[self.examples[i].caption]) for i in idx])
+    if self.class_key: b.class_t5, b.class_pooled = load_texts(self.caches, [self.class_key[self.examples[i].text_key] for i in idx])
     return b
 
 # %% ../nbs/train.ipynb #13a28234
