@@ -19,7 +19,7 @@ from . import flux1, masks
 
 # %% auto #0
 __all__ = ['TEXT_BATCH', 'EVAL_SIGMAS', 'component_fingerprint', 'fit_to_bucket', 'to_tensor', 'Example', 'Caches', 'build_masks',
-           'build_caches', 'load_batch', 'load_texts', 'fixed_noise_loss', 'epoch_batches', 'DataOrder', 'last_result']
+           'build_caches', 'load_texts', 'load_batch', 'fixed_noise_loss', 'epoch_batches', 'DataOrder', 'last_result']
 
 # %% ../nbs/08_caches.ipynb #59ef562b
 def component_fingerprint(model_dir: Path, name: str) -> str:
@@ -167,24 +167,23 @@ def build_caches(cfg: Config, items, model_dir: Path, device, dtype, extra_promp
     log(f"caches: {caches.computed} encoded, {caches.reused} reused ({caches.lat_dir.parent.parent})")
     return caches, examples, prompts
 
+def load_texts(caches: Caches, keys: list) -> tuple[torch.Tensor, torch.Tensor]:
+    "(T5 [B, L, D], pooled [B, Dp]) of cached text keys."
+    txt = [caches.load_text(k) for k in keys]
+    return torch.stack([t['t5'] for t in txt]), torch.stack([t['pooled'] for t in txt])
+
 def load_batch(caches: Caches, examples: list, idx: list,
                texts: list | None = None # per sample, a text key to train on instead of its caption (caption dropout), or None
               ) -> Batch:
     "A micro-batch of cached latents, text embeddings and masks; each latent must carry its own caption's key."
     lat = [caches.load_latent(examples[i].latent_key) for i in idx]
-    txt = [caches.load_text((texts[j] if texts and texts[j] else None) or examples[i].text_key) for j, i in enumerate(idx)]
-    mask = (torch.stack([load_file(caches.mask_path(examples[i].mask_key))['mask'] for i in idx])
-            if all(examples[i].mask_key for i in idx) else None)
     for i, l in zip(idx, lat):  # a mismatch is a bug, never a silent pairing
         assert bytes(l['caption_key'].tolist()).hex() == examples[i].text_key, f"latent/caption mismatch for {examples[i].name}"
-    return Batch(torch.stack([l['mean'] for l in lat]), torch.stack([l['std'] for l in lat]),
-                 torch.stack([t['t5'] for t in txt]), torch.stack([t['pooled'] for t in txt]), [examples[i].name for i in idx],
-                 caches.shift, caches.scale, mask)
-
-def load_texts(caches: Caches, keys: list) -> tuple[torch.Tensor, torch.Tensor]:
-    "(T5 [B, L, D], pooled [B, Dp]) of cached text keys (the class captions of preservation)."
-    txt = [caches.load_text(k) for k in keys]
-    return torch.stack([t['t5'] for t in txt]), torch.stack([t['pooled'] for t in txt])
+    t5, pooled = load_texts(caches, [(texts and texts[j]) or examples[i].text_key for j, i in enumerate(idx)])
+    mask = (torch.stack([load_file(caches.mask_path(examples[i].mask_key))['mask'] for i in idx])
+            if all(examples[i].mask_key for i in idx) else None)
+    return Batch(torch.stack([l['mean'] for l in lat]), torch.stack([l['std'] for l in lat]), t5, pooled,
+                 [examples[i].name for i in idx], caches.shift, caches.scale, mask)
 
 # %% ../nbs/08_caches.ipynb #dda9d525
 EVAL_SIGMAS = (0.25, 0.5, 0.75)
