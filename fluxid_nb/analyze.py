@@ -14,15 +14,16 @@ from PIL import Image, ImageDraw, ImageOps
 from .config import Config, resolve_config
 from .pictures import font
 from .masks import mask_review
+from .photos import ANALYSIS_MAX_SIDE, exposure_label, photo_facts
 from .prompts import CLIP_MAX_TOKENS, clip_tokenizer, clip_tokens, clip_overflow, permanent_traits
 from .data import (Dataset, DatasetError, Finding, assign_bucket, bucket_sizes, caption_words, dataset_fingerprint,
                             detect_trigger, has_trigger, load_dataset, load_image)
 
 # %% auto #0
-__all__ = ['ANALYSIS_MAX_SIDE', 'BLUR_MIN', 'BLUR_RELATIVE', 'NEAR_DUP_MAX', 'EXTREME_ASPECT', 'GATE_SETTINGS', 'GATE_CODE',
-           'caption_findings', 'image_stats', 'image_hashes', 'exposure_label', 'lighting_look', 'Analysis', 'analyze',
-           'contact_sheet', 'report_markdown', 'analysis_json', 'write_report', 'format_findings', 'DatasetRefused',
-           'dataset_gate']
+__all__ = ['BLUR_MIN', 'BLUR_RELATIVE', 'NEAR_DUP_MAX', 'EXTREME_ASPECT', 'GATE_SETTINGS', 'GATE_CODE', 'caption_findings',
+           'Analysis', 'analyze', 'contact_sheet', 'report_markdown', 'analysis_json', 'report_pictures',
+           'write_report', 'format_findings', 'DatasetRefused', 'dataset_gate', 'gate_can_overlap',
+           'analyze_in_background']
 
 # %% ../nbs/analyze.ipynb #93733811
 def _norm_caption(c: str) -> str: return ' '.join(caption_words(c))
@@ -101,50 +102,10 @@ def caption_findings(ds: Dataset, cfg, tokenizer=None) -> tuple[list, str, str]:
     return out, trig, how
 
 # %% ../nbs/analyze.ipynb #515849e4
-ANALYSIS_MAX_SIDE = 1024
 BLUR_MIN = 15.0           # variance of the Laplacian at 512 px below which an image is blurry, whatever the set
 BLUR_RELATIVE = 0.2       # ... or below this share of the dataset's median (softer than the rest)
 NEAR_DUP_MAX = 4          # phash + dhash distance (of 128 bits) at or below which two images are near duplicates
 EXTREME_ASPECT = 2.0      # longer side / shorter side above which the bucket crop loses much of the image
-
-def image_stats(img: Image.Image) -> dict:
-    "Sharpness (Laplacian variance at 512 px), brightness, clipping, colour cast of an RGB image."
-    g = img.convert('L'); g.thumbnail((512, 512))
-    a = np.asarray(g, np.float32)
-    lap = a[1:-1, :-2] + a[1:-1, 2:] + a[:-2, 1:-1] + a[2:, 1:-1] - 4 * a[1:-1, 1:-1]
-    h, w = a.shape
-    centre = a[h // 4: 3 * h // 4, w // 4: 3 * w // 4]
-    rgb = np.asarray(img.resize((64, 64)), np.float32)
-    return dict(sharpness=float(lap.var()), brightness=float(a.mean()), centre_brightness=float(centre.mean()),
-                dark=float((a < 16).mean()), clipped=float((a >= 250).mean()), warmth=float((rgb[..., 0] - rgb[..., 2]).mean()))
-
-def image_hashes(img: Image.Image) -> dict:
-    "Perceptual hashes of an image and of its mirror image."
-    import imagehash
-    t = img.copy(); t.thumbnail((256, 256))
-    m = ImageOps.mirror(t)
-    return dict(phash=imagehash.phash(t), dhash=imagehash.dhash(t), phash_m=imagehash.phash(m), dhash_m=imagehash.dhash(m))
-
-def exposure_label(s: dict) -> str:
-    "'under', 'over' or '' from the centre's brightness and clipped shares."
-    if s['centre_brightness'] < 45 or s['dark'] > 0.5: return 'under'
-    if s['centre_brightness'] > 225 or s['clipped'] > 0.5 and s['centre_brightness'] > 200: return 'over'
-    return ''
-
-# %% ../nbs/analyze.ipynb #cbfa204b
-def lighting_look(img: Image.Image, box=None) -> str:
-    "A coarse lighting label such as 'bright warm' or 'dim neutral side-lit', from the face box or the centre."
-    w, h = img.size
-    l, t, r, b = box if box else (w / 4, h / 4, 3 * w / 4, 3 * h / 4)
-    region = img.crop(tuple(int(v) for v in (max(0, l), max(0, t), min(w, r), min(h, b)))).resize((32, 32))
-    a = np.asarray(region, np.float32)
-    y = a.mean(-1)
-    level = 'dim' if y.mean() < 70 else 'bright' if y.mean() > 180 else 'normal'
-    warmth = (a[..., 0] - a[..., 2]).mean() - (40 if box else 0)  # skin is warm by nature
-    tone = 'warm' if warmth > 20 else 'cool' if warmth < -20 else 'neutral'
-    left, right = y[:, :16].mean(), y[:, 16:].mean()
-    side = ' side-lit' if abs(left - right) / max(left, right, 1) > 0.35 else ''
-    return f"{level} {tone}{side}"
 
 # %% ../nbs/analyze.ipynb #fa6d2fdc
 @dataclass
@@ -162,9 +123,10 @@ class Analysis:
     lighting: dict = field(default_factory=dict)       # look -> count
     medoid: str = ''                                   # name of the image whose face is the set's medoid
     fingerprint: str = ''
-    timings: dict = field(default_factory=dict)        # seconds: decode, hash, faces, other
+    timings: dict = field(default_factory=dict)        # seconds: decode, hash, faces, other, reused; images, read
     thumbs: dict = field(default_factory=dict, repr=False)  # name -> small RGB image for the contact sheet
     masks: Image.Image | None = field(default=None, repr=False)  # the subject masks over the photos (masked_loss)
+    pictures: dict = field(default_factory=dict, repr=False)  # report_pictures, kept with a stored analysis
     @property
     def errors(self) -> list: return [f for f in self.findings if f.severity == 'error']
     @property
@@ -308,6 +270,13 @@ def _lighting_findings(a: Analysis):
     else: a.findings.append(Finding('info', 'lighting', f"Lighting looks: {desc}.", []))
 
 # %% ../nbs/analyze.ipynb #4e02191a
+def _count_finding(n: int) -> Finding:
+    if n < 15: return Finding('error', 'count-low', f"{n} usable images: the guide's minimum is 15 (15–30 recommended). "
+                              "Add more images of the subject, with varied angles, framing and lighting.", [])
+    if n > 30: return Finding('info', 'count-high', f"{n} usable images: more than the guide's recommended 15–30; fine, "
+                              "if they are all high quality and varied.", [])
+    return Finding('info', 'count', f"{n} usable images (the guide recommends 15–30).", [])
+
 def _as_config(cfg_or_data_dir, profile, trigger) -> Config:
     if isinstance(cfg_or_data_dir, Config):
         return dataclasses.replace(cfg_or_data_dir, trigger=trigger) if trigger else cfg_or_data_dir
@@ -320,7 +289,6 @@ def analyze(cfg_or_data_dir,          # a resolved Config, or a dataset folder (
             progress: bool = False     # print one line per image
            ) -> Analysis:
     "Check a dataset against the guide: every finding names its files and the fix."
-    import hashlib
     cfg = _as_config(cfg_or_data_dir, profile, trigger)
     t0 = time.perf_counter()
     try: ds = load_dataset(cfg.data_dir)
@@ -328,41 +296,29 @@ def analyze(cfg_or_data_dir,          # a resolved Config, or a dataset folder (
         return Analysis(cfg, None, [Finding('error', 'dataset-folder', str(e), [str(cfg.data_dir)])])
     a = Analysis(cfg, ds, list(ds.findings))
     items, n = ds.items, len(ds.items)
-    if n < 15: a.findings.append(Finding('error', 'count-low', f"{n} usable images: the guide's minimum is 15 (15–30 recommended). "
-                                         "Add more images of the subject, with varied angles, framing and lighting.", []))
-    elif n > 30: a.findings.append(Finding('info', 'count-high', f"{n} usable images: more than the guide's recommended 15–30; fine, "
-                                           "if they are all high quality and varied.", []))
-    else: a.findings.append(Finding('info', 'count', f"{n} usable images (the guide recommends 15–30).", []))
+    a.findings.append(_count_finding(n))
     cf, a.trigger, a.trigger_source = caption_findings(ds, cfg, clip_tokenizer(cfg))
     a.findings += cf
-    if faces: from fluxid_nb.faces import detect_faces
-    tim = Counter()
+    tim, read = Counter(), 0
     stats, hashes, faces_per_row, scales = [], [], [], []
     for k, it in enumerate(items):
         t = time.perf_counter()
-        img = load_image(it.image_path, max_side=ANALYSIS_MAX_SIDE)
-        raw = it.image_path.read_bytes()
-        t1 = time.perf_counter(); tim['decode'] += t1 - t
-        h = image_hashes(img); sha = hashlib.sha256(raw).hexdigest()
-        t2 = time.perf_counter(); tim['hash'] += t2 - t1
-        fs = detect_faces(img) if faces else []
-        t3 = time.perf_counter(); tim['faces'] += t3 - t2
-        s = image_stats(img)
+        f, reused = photo_facts(it.image_path, faces)  # a photo seen before (same bytes) is not read again
+        if reused: tim['reused'] += time.perf_counter() - t
+        else: tim.update(f.seconds); read += 1
+        fs, s = f.faces or [], f.stats
         bw, bh = assign_bucket(it.width, it.height, cfg.resolution, cfg.min_bucket_reso, cfg.max_bucket_reso,
                                cfg.bucket_step, cfg.max_upscale)
         a.buckets.setdefault((bw, bh), []).append(it.name)
-        f0 = fs[0] if fs else None
-        sx = it.width / img.width  # face boxes are in the decoded image's pixels
+        sx = it.width / f.size[0]  # face boxes are in the measured copy's pixels
         row = dict(name=it.name, file=it.image_path.relative_to(ds.root).as_posix(), width=it.width, height=it.height,
-                   bucket=f"{bw}×{bh}", sha256=sha, sharpness=round(s['sharpness'], 1), brightness=round(s['brightness'], 1),
-                   exposure=exposure_label(s), faces=len(fs), pose='', yaw_deg=None, framing='', face_box=None, identity_distance=None, lighting=lighting_look(img, f0.box if f0 else None),
-                   caption=it.caption, flags=[])
-        if f0: _set_face(row, f0, sx)
-        th = img.copy(); th.thumbnail((256, 256))
-        a.thumbs[it.name] = (th, [tuple(v * th.width / img.width for v in f.box) for f in fs])
-        a.rows.append(row); stats.append(s); hashes.append(h); faces_per_row.append(fs); scales.append(sx)
-        tim['other'] += time.perf_counter() - t3
-        if progress: print(f"  {k + 1}/{n} {it.name}: {len(fs)} face(s) {row['pose']} {row['framing']}", flush=True)
+                   bucket=f"{bw}×{bh}", sha256=f.sha256, sharpness=round(s['sharpness'], 1), brightness=round(s['brightness'], 1),
+                   exposure=exposure_label(s), faces=len(fs), pose='', yaw_deg=None, framing='', face_box=None, identity_distance=None,
+                   lighting=f.lighting, caption=it.caption, flags=[])
+        if fs: _set_face(row, fs[0], sx)
+        a.thumbs[it.name] = (f.thumb, [tuple(v * f.thumb.width / f.size[0] for v in x.box) for x in fs])
+        a.rows.append(row); stats.append(s); hashes.append(f.hashes); faces_per_row.append(fs); scales.append(sx)
+        if progress: print(f"  {k + 1}/{n} {it.name}: {len(fs)} face(s) {row['pose']} {row['framing']}{' (unchanged)' if reused else ''}", flush=True)
     a.buckets = dict(sorted(a.buckets.items()))
     _image_findings(a, ds, cfg, stats, hashes)
     if faces: _face_findings(a, ds, faces_per_row, scales)
@@ -374,7 +330,7 @@ def analyze(cfg_or_data_dir,          # a resolved Config, or a dataset folder (
             for r in a.rows:
                 if r['file'] in f.files: _flag(r, f.code.replace('caption-', '').replace('-', ' '))
     t = time.perf_counter(); a.fingerprint = dataset_fingerprint(ds); tim['fingerprint'] = time.perf_counter() - t
-    a.timings = {k: round(v, 3) for k, v in tim.items()} | {'total': round(time.perf_counter() - t0, 3), 'images': n}
+    a.timings = {k: round(v, 3) for k, v in tim.items()} | {'total': round(time.perf_counter() - t0, 3), 'images': n, 'read': read}
     order = {'error': 0, 'warning': 1, 'info': 2}
     a.findings.sort(key=lambda f: order[f.severity])
     return a
@@ -453,20 +409,30 @@ def analysis_json(a: Analysis) -> dict:
                 angles=a.angles, framings=a.framings, lighting=a.lighting, timings=a.timings, per_image=a.rows)
 
 # %% ../nbs/analyze.ipynb #4a0c7b85
+def report_pictures(a: Analysis) -> dict:
+    "{file name: bytes} of the report's pictures (bucket and face plots, contact sheet, masks); '_profile' says for which profile."
+    import io
+    import matplotlib.pyplot as plt
+    def png(fig):
+        b = io.BytesIO(); fig.savefig(b, format='png', dpi=90); plt.close(fig); return b.getvalue()
+    def jpg(img):
+        b = io.BytesIO(); img.save(b, format='JPEG', quality=88); return b.getvalue()
+    fb, ff = _plots(a)
+    out = {'_profile': a.cfg.profile, 'buckets.png': png(fb), 'faces.png': png(ff), 'contact_sheet.jpg': jpg(contact_sheet(a))}
+    if a.masks: out['masks.jpg'] = jpg(a.masks)
+    return out
+
 def write_report(a: Analysis, folder: str | Path | None = None) -> dict:
     "Write the report files into `folder` (default: the run folder); returns {name: path}."
-    import matplotlib.pyplot as plt
     folder = Path(folder or a.cfg.run_dir); folder.mkdir(parents=True, exist_ok=True)
     paths = dict(json=folder/'analysis.json', markdown=folder/'analysis.md', hash=folder/f'{a.cfg.run_name}_dataset_hash.txt')
     paths['json'].write_text(json.dumps(analysis_json(a), indent=1, ensure_ascii=False, default=str), encoding='utf-8')
     paths['markdown'].write_text(report_markdown(a), encoding='utf-8')
     paths['hash'].write_text(a.fingerprint + '\n') if a.fingerprint else paths.pop('hash')
-    if a.rows:
-        fb, ff = _plots(a)
-        paths['buckets'], paths['faces'], paths['contact_sheet'] = folder/'buckets.png', folder/'faces.png', folder/'contact_sheet.jpg'
-        fb.savefig(paths['buckets'], dpi=90); ff.savefig(paths['faces'], dpi=90); plt.close(fb); plt.close(ff)
-        contact_sheet(a).save(paths['contact_sheet'], quality=88)
-        if a.masks: a.masks.save(paths.setdefault('masks', folder/'masks.jpg'), quality=88)
+    if a.rows:  # pictures rendered with a kept analysis are reused: matplotlib is neither imported nor run
+        pics = a.pictures if a.pictures.get('_profile') == a.cfg.profile else report_pictures(a)
+        for name, data in pics.items():
+            if not name.startswith('_'): paths[name.rsplit('.', 1)[0]] = folder/name; (folder/name).write_bytes(data)
     return paths
 
 def format_findings(a: Analysis) -> str:
@@ -476,7 +442,10 @@ def format_findings(a: Analysis) -> str:
 
 # %% ../nbs/analyze.ipynb #737df0f3
 class DatasetRefused(RuntimeError): "The analyzer found error-level problems in the dataset."
-GATE_SETTINGS, GATE_CODE = ('trigger', 'resolution', 'min_bucket_reso', 'max_bucket_reso', 'bucket_step', 'max_upscale', 'model_path', 'masked_loss', 'mask_background_weight'), ('analyze', 'data', 'faces', 'prompts', 'masks')
+def _to_keep(a: Analysis) -> Analysis:
+    a.pictures = report_pictures(a) if a.rows else {}  # rendered once: the next run's report only writes them
+    return dataclasses.replace(a, cfg=None)  # stored without its config: each run sets its own
+GATE_SETTINGS, GATE_CODE = ('trigger', 'resolution', 'min_bucket_reso', 'max_bucket_reso', 'bucket_step', 'max_upscale', 'model_path', 'masked_loss', 'mask_background_weight'), ('analyze', 'data', 'faces', 'prompts', 'masks', 'photos')
 def dataset_gate(cfg: Config,                          # the run's config: dataset, trigger, buckets, override
                  report_dir: str | Path | None = None,  # write the analyzer's report here (None: no report)
                  log=print                              # where the override and a failed report write are told
@@ -485,9 +454,11 @@ def dataset_gate(cfg: Config,                          # the run's config: datas
     from fluxid_nb import caches  # torch: the gate runs before training only
     try: ds = load_dataset(cfg.data_dir); key = [dataset_fingerprint(ds), *[getattr(cfg, k) for k in GATE_SETTINGS]] + [(Path(caches.__file__).parent/f'{m}.py').read_bytes() for m in GATE_CODE]
     except DatasetError: ds = None  # analyze reports it
-    a, reused = caches.last_result('analysis', ds.root, key, lambda: dataclasses.replace(analyze(cfg), cfg=None)) if ds else (analyze(cfg), False)
+    a, reused = caches.last_result('analysis', ds.root, key, lambda: _to_keep(analyze(cfg))) if ds else (analyze(cfg), False)
     a = dataclasses.replace(a, cfg=cfg)  # stored without its config: this run's
     if reused: log(f"dataset analysis reused: files, captions and settings unchanged ({a.fingerprint[:12]})")
+    elif a.timings.get('images', 0) > a.timings.get('read', 0):
+        log(f"dataset analysed again: {a.timings['read']} of {a.timings['images']} photos read, the others unchanged since an earlier analysis")
     if report_dir is not None:
         try: write_report(a, report_dir)
         except Exception as e: log(f"analysis report not written: {e}")
@@ -498,3 +469,29 @@ def dataset_gate(cfg: Config,                          # the run's config: datas
                                    "Fix the dataset first (the guide's canonical rule), or override with "
                                    "FLUXID_IGNORE_DATASET_ERRORS=1 / -p ignore_dataset_errors True.")
     return a
+
+# %% ../nbs/analyze.ipynb #b637391a
+def gate_can_overlap(cfg: Config) -> bool:
+    "Whether the gate may analyse beside the set-up: photos to read, and no refusal known without them (files, count, captions)."
+    from fluxid_nb.photos import facts_stored
+    try: ds = load_dataset(cfg.data_dir)
+    except DatasetError: return False
+    if all(facts_stored(it.image_path) for it in ds.items): return False  # the gate takes a fraction of a second
+    early = ds.findings + [_count_finding(len(ds.items))] + caption_findings(ds, cfg)[0]
+    return cfg.ignore_dataset_errors or not any(f.severity == 'error' for f in early)
+
+def _analyze_quietly():
+    "The second process: the config from stdin, the gate's analysis stored in the cache; nothing printed."
+    import pickle, sys
+    path, cfg = pickle.load(sys.stdin.buffer)
+    sys.path[:] = path
+    try: dataset_gate(cfg, log=lambda *a: None)  # stores the photos' facts and the analysis; the verdict is the caller's
+    except Exception: pass  # the caller's own gate analyses again and reports
+
+def analyze_in_background(cfg: Config):
+    "Start the gate's analysis in a second Python process; returns its Popen. `dataset_gate` then reuses its result."
+    import pickle, subprocess, sys
+    p = subprocess.Popen([sys.executable, '-c', 'from fluxid_nb.analyze import _analyze_quietly; _analyze_quietly()'],
+                         stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    p.stdin.write(pickle.dumps((sys.path, dataclasses.replace(cfg, sources=dict(cfg.sources))))); p.stdin.close()  # a mappingproxy does not pickle
+    return p

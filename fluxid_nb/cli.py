@@ -70,12 +70,27 @@ def _overrides(a) -> dict:
 
 # %% ../nbs/21_cli.ipynb #b122b1c8
 def train_gated(cfg, invocation: str | None = None, **callbacks):
-    "The analyzer's gate, then the trainer; returns the trainer's RunResult."
-    from fluxid_nb.analyze import dataset_gate
+    "The analyzer's gate, then the trainer; returns the trainer's RunResult. No step runs before the gate's verdict."
+    from fluxid_nb.analyze import analyze_in_background, dataset_gate, gate_can_overlap
     from fluxid_nb.train import Trainer
-    main = os.environ.get('RANK', '0') in ('', '0') or not any(k in os.environ for k in ('WORLD_SIZE', 'LOCAL_RANK'))
-    dataset_gate(cfg, cfg.run_dir/'analysis' if main else None)
-    return Trainer(cfg, invocation=invocation, **callbacks).run()
+    launched = any(k in os.environ for k in ('WORLD_SIZE', 'LOCAL_RANK'))
+    main = os.environ.get('RANK', '0') in ('', '0') or not launched
+    gate = lambda: dataset_gate(cfg, cfg.run_dir/'analysis' if main else None, log=callbacks.get('log', print))
+    tr = Trainer(cfg, invocation=invocation, **callbacks)
+    # photos the gate has not seen yet are read in a second process while this one fills the caches and loads the
+    # model (one process per launch only: ranks would each start one)
+    bg = analyze_in_background(cfg) if os.environ.get("WORLD_SIZE", "1") == "1" and gate_can_overlap(cfg) else None
+    if bg is None:
+        gate(); return tr.run()
+    try:
+        try: tr.setup()
+        except Exception:
+            bg.wait(); gate()  # a refused dataset explains a failed set-up better than the failure does
+            raise
+        bg.wait(); gate()
+    finally:
+        if bg.poll() is None: bg.kill()  # interrupted: the analysis is not needed any more
+    return tr.run()
 
 # %% ../nbs/21_cli.ipynb #a10baac7
 def analyze_main(data_dir: str | None,         # dataset folder (None: the profile's)
@@ -106,6 +121,9 @@ def main(argv=None) -> int:
             if cfg.dry_run:
                 from fluxid_nb.checks import dry_run_report
                 print(dry_run_report(cfg)); return 0
+            if argv is None:  # the `fluxid` command owns this process: bitsandbytes only if the run uses it
+                from fluxid_nb.models import keep_bitsandbytes_out
+                keep_bitsandbytes_out(cfg)
             from fluxid_nb.analyze import DatasetRefused
             try: train_gated(cfg, invocation=' '.join(['fluxid', *(argv if argv is not None else sys.argv[1:])]))
             except DatasetRefused as e:

@@ -20,7 +20,8 @@ def _quiet_loading():
 __all__ = ['TINY_VERSION', 'PRECISION', 'NetworkUsed', 'forbid_network', 'built_atomically', 'built_once', 'build_tiny_flux',
            'tiny_flux', 'ModelError', 'resolve_model_path', 'check_model_dir', 'load_pipeline', 'load_component',
            'torch_dtype', 'base_kind', 'compute_dtype', 'nf4_eligible', 'fp8_eligible', 'Fp8Linear', 'fp8_base_',
-           'quantize_nf4_', 'quantized_bytes', 'load_transformer', 'eval_mode', 'random_flux']
+           'quantize_nf4_', 'quantized_bytes', 'needs_bitsandbytes', 'keep_bitsandbytes_out', 'load_transformer',
+           'eval_mode', 'random_flux']
 
 # %% ../nbs/02_models.ipynb #52f1a7ad
 class NetworkUsed(RuntimeError): "A connection was attempted where fluxid promised to stay offline."
@@ -330,6 +331,18 @@ def quantized_bytes(module) -> int:
             add(qs.absmax); add(getattr(qs, 'code', None))
             if getattr(qs, 'state2', None) is not None: add(qs.state2.absmax); add(qs.state2.code)
     return tot
+
+# %% ../nbs/02_models.ipynb #6fc18091
+def needs_bitsandbytes(cfg) -> bool:
+    "Whether a run uses bitsandbytes: an NF4 base or 8-bit AdamW."
+    return cfg.quant_base == 'nf4' or cfg.optimizer == 'adamw8bit'
+
+def keep_bitsandbytes_out(cfg) -> bool:
+    "In a process of its own (`fluxid train`): hide bitsandbytes when `cfg` does not use it; True when hidden."
+    import sys
+    if needs_bitsandbytes(cfg) or 'bitsandbytes' in sys.modules: return False
+    sys.modules['bitsandbytes'] = None  # `import` raises ImportError and find_spec returns None: "not installed"
+    return True
 
 # %% ../nbs/02_models.ipynb #7b943978
 def load_transformer(cfg: Config, model_dir: Path, device):

@@ -24,3 +24,61 @@ def test_batched_captions_are_bitwise_the_single_encodes(tmp_path, capsys, monke
     again, _, _ = C.build_caches(cfg, items, tiny_flux(), 'cpu', torch.float32, extra_prompts=['a photo of ohwx'],
                                  log=said.append, root=tmp_path)
     assert (again.computed, again.reused) == (0, 11) and 'caching' not in capsys.readouterr().out
+
+
+# --- the dataset gate beside the set-up (cli.train_gated) ---
+import shutil
+import numpy as np
+import pytest
+from PIL import Image
+from conftest import demo_cfg
+from fluxid_nb import analyze as A, train as T
+from fluxid_nb.cli import train_gated
+from fluxid_nb.demo import demo_subject
+
+def _watch(monkeypatch):
+    "Record, in order: the background analysis, set-up start (analysis still running?), the gate's verdict, steps."
+    events, bgs = [], []
+    start_bg, gate, setup, step = A.analyze_in_background, A.dataset_gate, T.Trainer.setup, T.Trainer._step
+    monkeypatch.setattr(A, 'analyze_in_background', lambda cfg: bgs.append(start_bg(cfg)) or bgs[-1])
+    monkeypatch.setattr(A, 'dataset_gate', lambda *a, **k: (gate(*a, **k), events.append('gate'))[0])
+    monkeypatch.setattr(T.Trainer, 'setup', lambda self: (events.append(('setup', bool(bgs) and bgs[0].poll() is None)), setup(self))[1])
+    monkeypatch.setattr(T.Trainer, '_step', lambda self: (events.append('step'), step(self))[1])
+    return events, bgs
+
+def test_first_analysis_runs_beside_the_setup_and_its_verdict_comes_before_the_first_step(tmp_path, monkeypatch):
+    monkeypatch.setenv('FLUXID_CACHE', str(tmp_path/'cache'))  # no photo seen before
+    data = tmp_path/'data'; shutil.copytree(demo_subject(), data)
+    events, bgs = _watch(monkeypatch)
+    said = []
+    res = train_gated(demo_cfg(tmp_path, data_dir=str(data), max_train_steps=2), log=said.append)
+    assert len(bgs) == 1 and bgs[0].returncode == 0
+    assert events[:3] == [('setup', True), 'gate', 'step']      # set-up while the photos are read; verdict, then steps
+    assert any(s.startswith('dataset analysis reused') for s in said)  # the second process stored it for the gate
+    assert (res.run_dir/'analysis'/'contact_sheet.jpg').is_file() and len(res.losses) == 2
+    # the next run: every photo known, the gate runs inline and takes a fraction of a second
+    events.clear(); bgs.clear()
+    train_gated(demo_cfg(tmp_path, run_name='again', data_dir=str(data), max_train_steps=1), log=said.append)
+    assert bgs == [] and events[:3] == ['gate', ('setup', False), 'step']
+
+def test_refusals_that_need_no_photo_come_before_any_model_loads(tmp_path, monkeypatch):
+    monkeypatch.setenv('FLUXID_CACHE', str(tmp_path/'cache'))
+    data = tmp_path/'data'; shutil.copytree(demo_subject(), data)
+    cap = sorted(data.rglob('*.txt'))[0]; cap.write_text('a person without the trigger')
+    events, bgs = _watch(monkeypatch)
+    with pytest.raises(A.DatasetRefused, match='trigger'):
+        train_gated(demo_cfg(tmp_path, data_dir=str(data), max_train_steps=1), log=lambda *a: None)
+    assert bgs == [] and events == []                           # refused by the inline gate: no set-up at all
+
+def test_a_refusal_found_in_the_photos_explains_a_failed_setup(tmp_path, monkeypatch):
+    "masked_loss = face on photos without a face: the set-up fails (no mask), the gate's refusal is what the user sees."
+    monkeypatch.setenv('FLUXID_CACHE', str(tmp_path/'cache'))
+    data = tmp_path/'data'; data.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(15):
+        Image.fromarray(rng.integers(0, 255, (256, 256, 3), dtype=np.uint8)).save(data/f'p{i:02d}.png')
+        (data/f'p{i:02d}.txt').write_text(f'ohwx, a pattern of {i} dots')
+    events, bgs = _watch(monkeypatch)
+    with pytest.raises(A.DatasetRefused, match='no face was found in any photo'):
+        train_gated(demo_cfg(tmp_path, data_dir=str(data), max_train_steps=1, masked_loss='face'), log=lambda *a: None)
+    assert len(bgs) == 1 and events[0] == ('setup', True) and 'step' not in events
