@@ -65,10 +65,10 @@ class Caches:
         self.shift, self.scale = flux1.latent_norm(model_dir)  # stored latents are the posterior, before normalisation
         self.mask_dir = root/'masks'  # masks depend on the photo, the bucket and the mask's source, not on the model
         for d in (self.lat_dir, self.txt_dir): d.mkdir(parents=True, exist_ok=True)
-    def latent_key(self, image_path: Path, bucket, flip=False, text_key: str = '') -> str:
-        # the caption's key is part of the latent's: a latent carries its caption's key (checked when batched), so an
-        # edited caption, or one photo with two captions, gets its own entry instead of a mismatch
-        return _sha(Path(image_path).read_bytes(), bucket, 'cover-centre-crop', 'flip' if flip else '', text_key)
+    def latent_key(self, image_path: Path, bucket, flip=False) -> str:
+        # the photo alone: an edited caption keeps its photo's latent (the caption is paired by the example, not the
+        # key); 'photo-key' keeps these entries apart from older caches' files under the same parts
+        return _sha(Path(image_path).read_bytes(), bucket, 'cover-centre-crop', 'flip' if flip else '', 'photo-key')
     def text_key(self, caption: str) -> str: return _sha(caption, self.t5_len)
     def mask_key(self, image_path: Path, bucket, flip: bool, mode: str, source: Path | None = None) -> str:
         what = Path(source).read_bytes() if mode == 'file' else (masks.MASK_VERSION, masks.GROW, masks.FEATHER)
@@ -114,7 +114,7 @@ def _examples(cfg: Config, items, caches: Caches, masks_from: Path | None = None
                                cfg.bucket_step, cfg.max_upscale)
         for flip in ((False, True) if cfg.random_flip else (False,)):  # flip augmentation: the mirrored copy is one more example
             examples.append(Example(it.name + (' (flipped)' if flip else ''), it.caption, tuple(bucket),
-                                    caches.latent_key(it.image_path, bucket, flip, caches.text_key(it.caption)), caches.text_key(it.caption), flip,
+                                    caches.latent_key(it.image_path, bucket, flip), caches.text_key(it.caption), flip,
                                     caches.mask_key(it.image_path, bucket, flip, cfg.masked_loss, masks.mask_file(masks_from, it.name)) if masked else ''))
     return examples
 
@@ -149,7 +149,7 @@ def build_caches(cfg: Config, items, model_dir: Path, device, dtype, extra_promp
             img = fit_to_bucket(load_image(it.image_path), ex.bucket)
             x = to_tensor(img.transpose(Image.FLIP_LEFT_RIGHT) if ex.flip else img).to(device, dtype)
             dist = vae.encode(x).latent_dist
-            atomic_save_safetensors({'mean': dist.mean[0].float(), 'std': dist.std[0].float(), 'caption_key': torch.tensor(list(bytes.fromhex(ex.text_key)), dtype=torch.uint8)},
+            atomic_save_safetensors({'mean': dist.mean[0].float(), 'std': dist.std[0].float(), 'photo_key': torch.tensor(list(bytes.fromhex(ex.latent_key)), dtype=torch.uint8)},
                                     caches.lat_path(ex.latent_key))
             bar.update()
         del vae; _free()
@@ -175,10 +175,10 @@ def load_texts(caches: Caches, keys: list) -> tuple[torch.Tensor, torch.Tensor]:
 def load_batch(caches: Caches, examples: list, idx: list,
                texts: list | None = None # per sample, a text key to train on instead of its caption (caption dropout), or None
               ) -> Batch:
-    "A micro-batch of cached latents, text embeddings and masks; each latent must carry its own caption's key."
+    "A micro-batch of cached latents, text embeddings and masks; each latent must carry its own photo's key."
     lat = [caches.load_latent(examples[i].latent_key) for i in idx]
     for i, l in zip(idx, lat):  # a mismatch is a bug, never a silent pairing
-        assert bytes(l['caption_key'].tolist()).hex() == examples[i].text_key, f"latent/caption mismatch for {examples[i].name}"
+        assert bytes(l['photo_key'].tolist()).hex() == examples[i].latent_key, f"latent/photo mismatch for {examples[i].name}"
     t5, pooled = load_texts(caches, [(texts and texts[j]) or examples[i].text_key for j, i in enumerate(idx)])
     mask = (torch.stack([load_file(caches.mask_path(examples[i].mask_key))['mask'] for i in idx])
             if all(examples[i].mask_key for i in idx) else None)

@@ -9,7 +9,7 @@ from pathlib import Path
 from .config import ConfigError, resolve_config, repo_root
 
 # %% auto #0
-__all__ = ['parser', 'train_gated', 'analyze_main', 'main', 'demo']
+__all__ = ['parser', 'train_gated', 'analyze_main', 'preload', 'main', 'demo']
 
 # %% ../nbs/21_cli.ipynb #5270ee70
 def _sets(pairs) -> dict:
@@ -52,6 +52,7 @@ def parser() -> argparse.ArgumentParser:
     v = sub.add_parser('validate', help="check every profile against the guide, and that every config key changes what fluxid computes")
     v.add_argument('--configs', default=None)
     sub.add_parser('demo', help="analyze → train → evaluate on the built-in demo, headless, with saved notebooks")
+    sub.add_parser('warm', add_help=False, help="keep a process with the trainer's libraries imported, ready to run the next `fluxid train` (--status, --stop)")
     pl = sub.add_parser('plan', help="the settings that fit a GPU of a given size (base, blocks to swap, optimizer, resolution, batch), fastest first")
     pl.add_argument('--profile', default=None, help="fast, final, demo, or a TOML path (default: PROFILE env, else fast)")
     pl.add_argument('--gpu-memory', type=float, required=True, help="memory of one GPU in GiB, e.g. 12, 16, 24")
@@ -70,27 +71,41 @@ def _overrides(a) -> dict:
 
 # %% ../nbs/21_cli.ipynb #b122b1c8
 def train_gated(cfg, invocation: str | None = None, **callbacks):
-    "The analyzer's gate, then the trainer; returns the trainer's RunResult. No step runs before the gate's verdict."
+    "The analyzer's gate, then the trainer; returns the trainer's RunResult. No step runs before a refusal can be known."
+    import threading
     from fluxid_nb.analyze import analyze_in_background, dataset_gate, gate_can_overlap
     from fluxid_nb.train import Trainer
     launched = any(k in os.environ for k in ('WORLD_SIZE', 'LOCAL_RANK'))
     main = os.environ.get('RANK', '0') in ('', '0') or not launched
-    gate = lambda: dataset_gate(cfg, cfg.run_dir/'analysis' if main else None, log=callbacks.get('log', print))
+    log, report = callbacks.get('log', print), cfg.run_dir/'analysis' if main else None
+    gate = lambda say=log: dataset_gate(cfg, report, log=say)
     tr = Trainer(cfg, invocation=invocation, **callbacks)
     # photos the gate has not seen yet are read in a second process while this one fills the caches and loads the
     # model (one process per launch only: ranks would each start one)
-    bg = analyze_in_background(cfg) if os.environ.get("WORLD_SIZE", "1") == "1" and gate_can_overlap(cfg) else None
+    bg = analyze_in_background(cfg) if os.environ.get('WORLD_SIZE', '1') == '1' and gate_can_overlap(cfg) else None
     if bg is None:
         gate(); return tr.run()
+    late = []
+    def finish():  # the photos' analysis adds warnings only: it completes beside the first steps, into the report
+        try:
+            bg.wait(); a = gate(lambda *_: None)
+            log(f"dataset analysis finished beside the run: {len(a.warnings)} warning(s), report in {report}")
+        except BaseException as e: late.append(e); tr.stop()  # not expected (files and captions passed): stop cleanly
     try:
         try: tr.setup()
         except Exception:
             bg.wait(); gate()  # a refused dataset explains a failed set-up better than the failure does
             raise
-        bg.wait(); gate()
+        if cfg.masked_loss == 'face': bg.wait(); gate()  # the faces decide whether anything can be masked
+        else:
+            log("dataset: files, captions and count pass; the photos are analysed beside the first steps")
+            watcher = threading.Thread(target=finish, name='fluxid-analysis', daemon=True); watcher.start()
+        res = tr.run()
+        if cfg.masked_loss != 'face': watcher.join()
+        if late: raise late[0]
+        return res
     finally:
         if bg.poll() is None: bg.kill()  # interrupted: the analysis is not needed any more
-    return tr.run()
 
 # %% ../nbs/21_cli.ipynb #a10baac7
 def analyze_main(data_dir: str | None,         # dataset folder (None: the profile's)
@@ -109,9 +124,22 @@ def analyze_main(data_dir: str | None,         # dataset folder (None: the profi
     return 1 if a.errors else 0
 
 # %% ../nbs/21_cli.ipynb #a4d15bf2
+def preload():
+    "Import what `fluxid train` needs before its first step: torch, diffusers' FLUX classes, peft, accelerate, the trainer, the analyzer."
+    import torch, peft, accelerate  # noqa: F401
+    from diffusers import FluxPipeline, FluxTransformer2DModel  # noqa: F401  (the pipeline module: packing helpers, text encoders)
+    import fluxid_nb.train, fluxid_nb.analyze, fluxid_nb.caches, fluxid_nb.checks  # noqa: F401
+
 def main(argv=None) -> int:
     "Entry point of `fluxid`; returns the exit status."
+    args = sys.argv[1:] if argv is None else list(argv)
+    if args[:1] == ['warm']:  # its own parser: --idle-minutes, --foreground, --status, --stop
+        from fluxid_nb.warm import warm_main
+        return warm_main(args[1:])
     a = parser().parse_args(argv)
+    if a.cmd == 'train' and argv is None:  # a shell's `fluxid train`: a ready `fluxid warm` standby runs it, else this process
+        from fluxid_nb.warm import run_in_standby
+        if (status := run_in_standby(args)) is not None: return status
     try:
         if a.cmd == 'validate':
             from fluxid_nb.checks import validate  # the probes load torch and the tiny model: only when asked

@@ -239,7 +239,7 @@ GUIDE_ENV = {  # the guide's variables (and unambiguous aliases) → config keys
     'BATCH_SIZE': 'train_batch_size', 'RESOLUTION': 'resolution', 'TRIGGER': 'trigger', 'REG_DIR': 'reg_dir',
     'QUANT_BASE': 'quant_base'}
 _LAUNCHER_VARS = ('WORLD_SIZE', 'LOCAL_RANK', 'LOCAL_WORLD_SIZE')
-_NOT_SETTINGS = {'FLUXID_CACHE', 'FLUXID_CONFIGS_DIR', 'FLUXID_FACE_MODEL', 'FLUXID_CLIP'}  # locations, not run settings
+_NOT_SETTINGS = {'FLUXID_CACHE', 'FLUXID_CONFIGS_DIR', 'FLUXID_FACE_MODEL', 'FLUXID_CLIP', 'FLUXID_WARM'}  # locations and switches, not run settings
 
 def under_launcher(env: Mapping) -> bool:
     "True when torchrun / accelerate launch set this process's environment."

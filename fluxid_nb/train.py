@@ -13,7 +13,7 @@ from .config import Config, ConfigError, resolve_config, describe, commands, env
 from .data import load_dataset, dataset_fingerprint, detect_trigger
 from .models import check_model_dir, load_component, load_transformer, eval_mode, compute_dtype, base_kind
 from .flow import lr_at, flow_loss, make_optimizer, seeded_generator, _sha, due, SYNC_EVERY, class_captions, caption_dropped
-from .caches import build_caches, load_batch, load_texts, fixed_noise_loss, DataOrder
+from .caches import build_caches, load_batch, load_texts, fixed_noise_loss, DataOrder, last_result
 from .lora import (add_lora, lora_modules, load_lora_state, peft_state_dict, save_peft_lora, save_kohya_lora, read_peft_lora,
                             lora_metadata, TrainingState, save_state, load_state, list_checkpoints, save_dtype, lora_off)
 from .memory import memory_text
@@ -26,8 +26,8 @@ from .pictures import contact_sheet, loss_figure
 from . import flux1
 
 # %% auto #0
-__all__ = ['NAN_ADVICE', 'FP16_REFUSED', 'OOM_ADVICE', 'TrainingDiverged', 'refuse_fp16', 'config_dict', 'write_repro',
-           'RunResult', 'Trainer', 'levers_text', 'train']
+__all__ = ['NAN_ADVICE', 'FP16_REFUSED', 'OOM_ADVICE', 'TrainingDiverged', 'refuse_fp16', 'installed_packages', 'config_dict',
+           'write_repro', 'RunResult', 'Trainer', 'levers_text', 'train']
 
 # %% ../nbs/train.ipynb #690d01d9
 class TrainingDiverged(RuntimeError): "Loss or gradients became NaN/inf."
@@ -52,6 +52,13 @@ OOM_ADVICE = ("Out of memory at step {step} ({where}). The guide's fixes, in ord
               "FLUXID_OPTIMIZER=adamw8bit (`fluxid dry-run` shows the predicted peak of each). The last good checkpoint is kept: {ckpt}")
 
 # %% ../nbs/train.ipynb #00859d2f
+def installed_packages() -> list[str]:
+    "`name==version` of every installed package, as `pip freeze`; kept while the folders on `sys.path` are unchanged."
+    def listing():
+        return list(dict.fromkeys(sorted(f"{d.metadata['Name']}=={d.version}" for d in importlib.metadata.distributions() if d.metadata['Name'])))
+    dirs = [p for p in dict.fromkeys(sys.path) if p and os.path.isdir(p)]
+    return last_result('packages', sys.executable, [(p, os.stat(p).st_mtime_ns) for p in dirs], listing)[0]
+
 def _git_state() -> dict:
     try:
         root = repo_root()
@@ -78,8 +85,7 @@ def write_repro(cfg: Config, logs: Path, dataset_hash: str, invocation: str | No
     (logs/f'{cfg.run_name}_repro.json').write_text(json.dumps(
         dict(_git_state(), python=sys.version.split()[0], versions=vers, device=dev, seed=cfg.seed,
              dataset_hash=dataset_hash, config=config_dict(cfg)), indent=1, default=str))
-    freeze = sorted(f"{d.metadata['Name']}=={d.version}" for d in importlib.metadata.distributions() if d.metadata['Name'])
-    (logs/f'{cfg.run_name}_pip_freeze.txt').write_text('\n'.join(dict.fromkeys(freeze)) + '\n')
+    (logs/f'{cfg.run_name}_pip_freeze.txt').write_text('\n'.join(installed_packages()) + '\n')
     (logs/f'{cfg.run_name}_dataset_hash.txt').write_text(dataset_hash + '\n')
 
 # %% ../nbs/train.ipynb #31fb846f

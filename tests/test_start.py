@@ -46,19 +46,24 @@ def _watch(monkeypatch):
     monkeypatch.setattr(T.Trainer, '_step', lambda self: (events.append('step'), step(self))[1])
     return events, bgs
 
-def test_first_analysis_runs_beside_the_setup_and_its_verdict_comes_before_the_first_step(tmp_path, monkeypatch):
+@pytest.mark.parametrize('masked', ['none', 'face'])
+def test_first_analysis_runs_beside_the_setup(tmp_path, monkeypatch, masked):
+    "New photos are read in a second process during set-up; with face masks the verdict waits for them, else they finish beside the first steps."
     monkeypatch.setenv('FLUXID_CACHE', str(tmp_path/'cache'))  # no photo seen before
     data = tmp_path/'data'; shutil.copytree(demo_subject(), data)
     events, bgs = _watch(monkeypatch)
     said = []
-    res = train_gated(demo_cfg(tmp_path, data_dir=str(data), max_train_steps=2), log=said.append)
-    assert len(bgs) == 1 and bgs[0].returncode == 0
-    assert events[:3] == [('setup', True), 'gate', 'step']      # set-up while the photos are read; verdict, then steps
-    assert any(s.startswith('dataset analysis reused') for s in said)  # the second process stored it for the gate
-    assert (res.run_dir/'analysis'/'contact_sheet.jpg').is_file() and len(res.losses) == 2
+    res = train_gated(demo_cfg(tmp_path, data_dir=str(data), max_train_steps=2, masked_loss=masked), log=said.append)
+    assert len(bgs) == 1 and bgs[0].returncode == 0 and events[0] == ('setup', True)  # set-up while the photos are read
+    if masked == 'face':
+        assert events[1:3] == ['gate', 'step']                  # the faces decide the masks: verdict, then steps
+    else:
+        assert events[1] == 'step' and 'gate' in events         # steps while the analysis finishes
+        assert any(s.startswith('dataset analysis finished beside the run') for s in said)
+    assert (res.run_dir/'analysis'/'contact_sheet.jpg').is_file() and len(res.losses) == 2  # the full report, either way
     # the next run: every photo known, the gate runs inline and takes a fraction of a second
     events.clear(); bgs.clear()
-    train_gated(demo_cfg(tmp_path, run_name='again', data_dir=str(data), max_train_steps=1), log=said.append)
+    train_gated(demo_cfg(tmp_path, run_name='again', data_dir=str(data), max_train_steps=1, masked_loss=masked), log=said.append)
     assert bgs == [] and events[:3] == ['gate', ('setup', False), 'step']
 
 def test_refusals_that_need_no_photo_come_before_any_model_loads(tmp_path, monkeypatch):
