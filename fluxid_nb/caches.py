@@ -19,7 +19,8 @@ from . import flux1, masks
 
 # %% auto #0
 __all__ = ['TEXT_BATCH', 'EVAL_SIGMAS', 'component_fingerprint', 'fit_to_bucket', 'to_tensor', 'Example', 'Caches', 'build_masks',
-           'build_caches', 'load_texts', 'load_batch', 'fixed_noise_loss', 'epoch_batches', 'DataOrder', 'last_result']
+           'build_caches', 'load_texts', 'load_batch', 'fixed_noise_loss', 'epoch_batches', 'DataOrder', 'last_result',
+           'installed_packages']
 
 # %% ../nbs/08_caches.ipynb #59ef562b
 def component_fingerprint(model_dir: Path, name: str) -> str:
@@ -244,3 +245,12 @@ def last_result(kind: str,              # a folder under the cache root: what is
         tmp = p.with_suffix(f'.{os.getpid()}.tmp'); tmp.write_bytes(pickle.dumps((key, v))); tmp.replace(p)  # atomic
     except Exception: pass  # a result that cannot be stored is still the result; the next call computes it again
     return v, False
+
+# %% ../nbs/08_caches.ipynb #c31a3022
+def installed_packages() -> list[str]:
+    "`name==version` of every installed package, as `pip freeze`; kept while the folders on `sys.path` are unchanged."
+    import importlib.metadata, os, sys
+    def listing():
+        return list(dict.fromkeys(sorted(f"{d.metadata['Name']}=={d.version}" for d in importlib.metadata.distributions() if d.metadata['Name'])))
+    dirs = [p for p in dict.fromkeys(sys.path) if p and os.path.isdir(p)]
+    return last_result('packages', sys.executable, [(p, os.stat(p).st_mtime_ns) for p in dirs], listing)[0]

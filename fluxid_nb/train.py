@@ -13,7 +13,7 @@ from .config import Config, ConfigError, resolve_config, describe, commands, env
 from .data import load_dataset, dataset_fingerprint, detect_trigger
 from .models import check_model_dir, load_component, load_transformer, eval_mode, compute_dtype, base_kind
 from .flow import lr_at, flow_loss, make_optimizer, seeded_generator, _sha, due, SYNC_EVERY, class_captions, caption_dropped
-from .caches import build_caches, load_batch, load_texts, fixed_noise_loss, DataOrder, last_result
+from .caches import build_caches, load_batch, load_texts, fixed_noise_loss, DataOrder, installed_packages
 from .lora import (add_lora, lora_modules, load_lora_state, peft_state_dict, save_peft_lora, save_kohya_lora, read_peft_lora,
                             lora_metadata, TrainingState, save_state, load_state, list_checkpoints, save_dtype, lora_off)
 from .memory import memory_text
@@ -26,8 +26,8 @@ from .pictures import contact_sheet, loss_figure
 from . import flux1
 
 # %% auto #0
-__all__ = ['NAN_ADVICE', 'FP16_REFUSED', 'OOM_ADVICE', 'TrainingDiverged', 'refuse_fp16', 'installed_packages', 'config_dict',
-           'write_repro', 'RunResult', 'Trainer', 'levers_text', 'train']
+__all__ = ['NAN_ADVICE', 'FP16_REFUSED', 'OOM_ADVICE', 'TrainingDiverged', 'refuse_fp16', 'config_dict', 'write_repro',
+           'RunResult', 'Trainer', 'levers_text', 'train']
 
 # %% ../nbs/train.ipynb #690d01d9
 class TrainingDiverged(RuntimeError): "Loss or gradients became NaN/inf."
@@ -52,13 +52,6 @@ OOM_ADVICE = ("Out of memory at step {step} ({where}). The guide's fixes, in ord
               "FLUXID_OPTIMIZER=adamw8bit (`fluxid dry-run` shows the predicted peak of each). The last good checkpoint is kept: {ckpt}")
 
 # %% ../nbs/train.ipynb #00859d2f
-def installed_packages() -> list[str]:
-    "`name==version` of every installed package, as `pip freeze`; kept while the folders on `sys.path` are unchanged."
-    def listing():
-        return list(dict.fromkeys(sorted(f"{d.metadata['Name']}=={d.version}" for d in importlib.metadata.distributions() if d.metadata['Name'])))
-    dirs = [p for p in dict.fromkeys(sys.path) if p and os.path.isdir(p)]
-    return last_result('packages', sys.executable, [(p, os.stat(p).st_mtime_ns) for p in dirs], listing)[0]
-
 def _git_state() -> dict:
     try:
         root = repo_root()
@@ -406,9 +399,8 @@ def run(self: Trainer) -> RunResult:
     if not hasattr(self, 'optimizer'): self.setup()
     cfg, acc = self.cfg, self.acc
     metrics_f = open(self.run_dir/'metrics.jsonl', 'a') if self.main else None
-    ev0 = self.eval_loss() if self.main or self.sharded else None  # FSDP: every process runs the model
-    if self.main and ev0 is not None: self._write_metric(metrics_f, dict(step=self.step, eval_loss=ev0))
-    if self.step == 0 and cfg.sample_every_n_steps: self.sample(0)
+    new = self.step == 0 and not cfg.resume_from  # a new LoRA: B = 0 (peft's init), the same decision on every process
+    ev0 = None if new else self._baseline(metrics_f, off=False)  # new: at the first sync point, as the base model
     self.model.train()
     pending, losses, t_start, step0 = [], [], time.perf_counter(), self.step
     last_ckpt = (list_checkpoints(self.run_dir/'checkpoints') or [None])[-1]
@@ -425,6 +417,8 @@ def run(self: Trainer) -> RunResult:
             stop = self._stop_agreed()  # read once: a stop() arriving later waits for the next sync and never skips the checkpoint
             now = time.perf_counter(); sps = (now - t_last) / len(pending); t_last = now
             rows = self._sync(pending, sps, last_ckpt, metrics_f); pending = []
+            if new:  # the start's held-out loss and samples; not counted in s/step
+                t = time.perf_counter(); ev0, new = self._baseline(metrics_f, off=True), False; t_start += time.perf_counter() - t; t_last = time.perf_counter()
             losses += [r['loss'] for r in rows]
             if self.main: bar.set_postfix_str(f"loss {rows[-1]['loss']:.4f} · {sps:.2f} s/step")
             if 'checkpoint' in events or stop:
@@ -438,7 +432,18 @@ def run(self: Trainer) -> RunResult:
     finally:
         bar.close()
         if metrics_f: metrics_f.flush()
+    if new: ev0 = self._baseline(metrics_f, off=True)  # no step ran
     return self._finish(metrics_f, ev0, losses, time.perf_counter() - t_start, step0)
+
+@patch
+def _baseline(self: Trainer, metrics_f, off: bool) -> float | None:
+    "The held-out loss (and step-0 samples) of the run's start; `off`: of the base model, the LoRA switched off."
+    with (lora_off(self.transformer) if off else contextlib.nullcontext()):
+        ev = self.eval_loss() if self.main or self.sharded else None  # FSDP: every process runs the model
+        if self.main and ev is not None: self._write_metric(metrics_f, dict(step=0 if off else self.step, eval_loss=ev))
+        if (off or self.step == 0) and self.cfg.sample_every_n_steps: self.sample(0)
+    self.model.train()
+    return ev
 
 @patch
 def _finish(self: Trainer, metrics_f, ev0, losses, elapsed, step0) -> RunResult:

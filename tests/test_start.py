@@ -27,7 +27,7 @@ def test_batched_captions_are_bitwise_the_single_encodes(tmp_path, capsys, monke
 
 
 # --- the dataset gate beside the set-up (cli.train_gated) ---
-import shutil
+import json, shutil
 import numpy as np
 import pytest
 from PIL import Image
@@ -87,3 +87,21 @@ def test_a_refusal_found_in_the_photos_explains_a_failed_setup(tmp_path, monkeyp
     with pytest.raises(A.DatasetRefused, match='no face was found in any photo'):
         train_gated(demo_cfg(tmp_path, data_dir=str(data), max_train_steps=1, masked_loss='face'), log=lambda *a: None)
     assert len(bgs) == 1 and events[0] == ('setup', True) and 'step' not in events
+
+
+def test_the_start_held_out_loss_and_samples_come_beside_the_first_steps_unchanged(tmp_path):
+    "A new LoRA is the base model: its step-0 held-out loss and samples are taken at the first sync point, LoRA off, bit for bit."
+    import shutil as sh
+    tr = T.Trainer(demo_cfg(tmp_path, max_train_steps=3, sample_every_n_steps=2), log=lambda *a: None)
+    tr.setup()
+    eager = tr.eval_loss()                                     # what the start measured before this change
+    shots = {p.name: p.read_bytes() for p in tr.sample(0)}
+    sh.rmtree(tr.run_dir/'samples')
+    order, step, ev = [], tr._step, tr.eval_loss
+    tr._step = lambda: (order.append('step'), step())[1]
+    tr.eval_loss = lambda: (order.append('eval'), ev())[1]
+    res = tr.run()
+    assert order[0] == 'step' and res.eval_loss_before == eager
+    assert {n: (tr.run_dir/'samples'/'step_000000'/n).read_bytes() for n in shots} == shots
+    rows = [json.loads(l) for l in (tr.run_dir/'metrics.jsonl').read_text().splitlines()]
+    assert dict(step=0, eval_loss=eager) in rows
