@@ -442,19 +442,21 @@ def format_findings(a: Analysis) -> str:
 
 # %% ../nbs/analyze.ipynb #737df0f3
 class DatasetRefused(RuntimeError): "The analyzer found error-level problems in the dataset."
-def _to_keep(a: Analysis) -> Analysis:
-    a.pictures = report_pictures(a) if a.rows else {}  # rendered once: the next run's report only writes them
+def _to_keep(a: Analysis, pictures: bool) -> Analysis:
+    try: a.pictures = report_pictures(a) if a.rows and pictures else {}  # rendered once: the next run's report only writes them
+    except Exception: a.pictures = {}  # write_report draws them again and reports a failure
     return dataclasses.replace(a, cfg=None)  # stored without its config: each run sets its own
 GATE_SETTINGS, GATE_CODE = ('trigger', 'resolution', 'min_bucket_reso', 'max_bucket_reso', 'bucket_step', 'max_upscale', 'model_path', 'masked_loss', 'mask_background_weight'), ('analyze', 'data', 'faces', 'prompts', 'masks', 'photos')
 def dataset_gate(cfg: Config,                          # the run's config: dataset, trigger, buckets, override
                  report_dir: str | Path | None = None,  # write the analyzer's report here (None: no report)
-                 log=print                              # where the override and a failed report write are told
+                 log=print,                             # where the override and a failed report write are told
+                 pictures: bool | None = None           # draw the report's pictures into a new stored analysis (None: with a report)
                 ) -> Analysis:
     "Analyze the dataset (or reuse the last analysis of the same files and settings): errors refuse the run unless overridden."
     from fluxid_nb import caches  # torch: the gate runs before training only
     try: ds = load_dataset(cfg.data_dir); key = [dataset_fingerprint(ds), *[getattr(cfg, k) for k in GATE_SETTINGS]] + [(Path(caches.__file__).parent/f'{m}.py').read_bytes() for m in GATE_CODE]
     except DatasetError: ds = None  # analyze reports it
-    a, reused = caches.last_result('analysis', ds.root, key, lambda: _to_keep(analyze(cfg))) if ds else (analyze(cfg), False)
+    a, reused = caches.last_result('analysis', ds.root, key, lambda: _to_keep(analyze(cfg), report_dir is not None if pictures is None else pictures)) if ds else (analyze(cfg), False)
     a = dataclasses.replace(a, cfg=cfg)  # stored without its config: this run's
     if reused: log(f"dataset analysis reused: files, captions and settings unchanged ({a.fingerprint[:12]})")
     elif a.timings.get('images', 0) > a.timings.get('read', 0):
@@ -478,20 +480,22 @@ def gate_can_overlap(cfg: Config) -> bool:
     except DatasetError: return False
     if all(facts_stored(it.image_path) for it in ds.items): return False  # the gate takes a fraction of a second
     early = ds.findings + [_count_finding(len(ds.items))] + caption_findings(ds, cfg)[0]
-    return cfg.ignore_dataset_errors or not any(f.severity == 'error' for f in early)
+    return not any(f.severity == 'error' for f in early)  # refused, or overridden: the gate says so before anything loads
 
 def _analyze_quietly():
-    "The second process: the config from stdin, the gate's analysis stored in the cache; nothing printed."
+    "The second process: the config from stdin, the gate's analysis (with its pictures) stored in the cache; nothing printed."
     import pickle, sys
-    path, cfg = pickle.load(sys.stdin.buffer)
-    sys.path[:] = path
-    try: dataset_gate(cfg, log=lambda *a: None)  # stores the photos' facts and the analysis; the verdict is the caller's
-    except Exception: pass  # the caller's own gate analyses again and reports
+    cfg = pickle.load(sys.stdin.buffer)
+    dataset_gate(cfg, log=lambda *a: None, pictures=True)  # the verdict is the caller's; a failure shows in the exit status
 
 def analyze_in_background(cfg: Config):
-    "Start the gate's analysis in a second Python process; returns its Popen. `dataset_gate` then reuses its result."
-    import pickle, subprocess, sys
-    p = subprocess.Popen([sys.executable, '-c', 'from fluxid_nb.analyze import _analyze_quietly; _analyze_quietly()'],
-                         stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    p.stdin.write(pickle.dumps((sys.path, dataclasses.replace(cfg, sources=dict(cfg.sources))))); p.stdin.close()  # a mappingproxy does not pickle
-    return p
+    "Start the gate's analysis in a second Python process; returns its Popen (None if it cannot start). `dataset_gate` then reuses its result."
+    import os, pickle, subprocess, sys
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))  # the package wherever this process found it
+    try:
+        p = subprocess.Popen([sys.executable, '-c', 'from fluxid_nb.analyze import _analyze_quietly; _analyze_quietly()'],
+                             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        p.stdin.write(pickle.dumps(dataclasses.replace(cfg, sources=dict(cfg.sources)))); p.stdin.close()  # a mappingproxy does not pickle
+        return p
+    except OSError:
+        return None  # the gate then runs here, before the set-up

@@ -85,12 +85,14 @@ def train_gated(cfg, invocation: str | None = None, **callbacks):
     bg = analyze_in_background(cfg) if os.environ.get('WORLD_SIZE', '1') == '1' and gate_can_overlap(cfg) else None
     if bg is None:
         gate(); return tr.run()
-    late = []
-    def finish():  # the photos' analysis adds warnings only: it completes beside the first steps, into the report
+    done, left = threading.Event(), []
+    def finish():  # the photos add warnings only: their analysis completes beside the first steps, into the report
+        if bg.wait() or done.is_set(): left.append(True); return  # it failed, or the run ended first: the main thread does it
         try:
-            bg.wait(); a = gate(lambda *_: None)
+            a = gate(lambda m: m.startswith('dataset analysis reused') or log(m))  # the stored analysis, its pictures drawn
             log(f"dataset analysis finished beside the run: {len(a.warnings)} warning(s), report in {report}")
-        except BaseException as e: late.append(e); tr.stop()  # not expected (files and captions passed): stop cleanly
+        except Exception as e: log(f"dataset analysis beside the run failed ({e}); `fluxid analyze` writes the report")
+    watcher = threading.Thread(target=finish, name='fluxid-analysis', daemon=True)
     try:
         try: tr.setup()
         except Exception:
@@ -99,13 +101,15 @@ def train_gated(cfg, invocation: str | None = None, **callbacks):
         if cfg.masked_loss == 'face': bg.wait(); gate()  # the faces decide whether anything can be masked
         else:
             log("dataset: files, captions and count pass; the photos are analysed beside the first steps")
-            watcher = threading.Thread(target=finish, name='fluxid-analysis', daemon=True); watcher.start()
+            watcher.start()
         res = tr.run()
-        if cfg.masked_loss != 'face': watcher.join()
-        if late: raise late[0]
+        if watcher.is_alive(): watcher.join()
+        if left: gate()  # the second process failed: analysed here, after the run
         return res
     finally:
+        done.set()
         if bg.poll() is None: bg.kill()  # interrupted: the analysis is not needed any more
+        bg.wait()
 
 # %% ../nbs/21_cli.ipynb #a10baac7
 def analyze_main(data_dir: str | None,         # dataset folder (None: the profile's)

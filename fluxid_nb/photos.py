@@ -4,7 +4,7 @@
 
 # %% ../nbs/04b_photos.ipynb #0fd02e38
 from __future__ import annotations
-import hashlib, os, pickle, time
+import hashlib, importlib.metadata, os, pickle, time
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
@@ -74,7 +74,7 @@ class PhotoFacts:
 
 _CODE_KEY = None
 def _code_key() -> str:
-    "The source of the modules whose code decides the facts (read once per process)."
+    "The source of the modules whose code decides the facts, and the versions of the libraries they use (once per process)."
     global _CODE_KEY
     if _CODE_KEY is None:
         here = Path(__file__).parent if '__file__' in globals() else Path(cache_root())  # a notebook lesson: any stable value
@@ -82,6 +82,9 @@ def _code_key() -> str:
         for m in ('photos', 'faces', 'data'):
             p = here/f'{m}.py'
             h.update(p.read_bytes() if p.is_file() else m.encode())
+        for dist in ('pillow', 'numpy', 'imagehash', 'dlib', 'dlib-bin', 'face_recognition_models'):  # decoding, hashes, faces
+            try: h.update(f'{dist} {importlib.metadata.version(dist)}'.encode())
+            except importlib.metadata.PackageNotFoundError: pass
         _CODE_KEY = h.hexdigest()[:16]
     return _CODE_KEY
 

@@ -25,8 +25,8 @@ def warm_key(env: dict | None = None, pkg: Path = _PKG) -> str:
     imp = sorted((k, v) for k, v in env.items() if k.startswith(_PREFIXES) or k in _NAMES)
     code = hashlib.sha256()  # contents, not mtimes: nbdev_export rewrites every module, changed or not (0.8 ms)
     for p in sorted(Path(pkg).glob('*.py')): code.update(p.name.encode() + b'\0' + p.read_bytes())
-    for p in sys.path:  # a `pip install` changes the site-packages folder
-        if p.endswith('site-packages') and os.path.isdir(p): code.update(f'{p}{os.stat(p).st_mtime_ns}'.encode())
+    for p in sys.path:  # a `pip install` changes the site-packages folder (dist-packages: Debian's system Python)
+        if p.endswith(('site-packages', 'dist-packages')) and os.path.isdir(p): code.update(f'{p}{os.stat(p).st_mtime_ns}'.encode())
     ek = hashlib.sha256(repr((sys.executable, os.getuid(), socket.gethostname(), str(pkg), imp)).encode()).hexdigest()
     return f'{ek[:10]}-{code.hexdigest()[:8]}'
 

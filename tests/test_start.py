@@ -74,6 +74,10 @@ def test_refusals_that_need_no_photo_come_before_any_model_loads(tmp_path, monke
     with pytest.raises(A.DatasetRefused, match='trigger'):
         train_gated(demo_cfg(tmp_path, data_dir=str(data), max_train_steps=1), log=lambda *a: None)
     assert bgs == [] and events == []                           # refused by the inline gate: no set-up at all
+    said = []                                                   # overridden: the errors are said before anything loads
+    train_gated(demo_cfg(tmp_path, run_name='forced', data_dir=str(data), max_train_steps=1, ignore_dataset_errors=True), log=said.append)
+    assert bgs == [] and events[:2] == ['gate', ('setup', False)]
+    assert any(m.startswith('dataset errors overridden') for m in said)
 
 def test_a_refusal_found_in_the_photos_explains_a_failed_setup(tmp_path, monkeypatch):
     "masked_loss = face on photos without a face: the set-up fails (no mask), the gate's refusal is what the user sees."
