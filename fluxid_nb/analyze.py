@@ -485,8 +485,7 @@ def gate_can_overlap(cfg: Config) -> bool:
 def _analyze_quietly():
     "The second process: the config from stdin, the gate's analysis (with its pictures) stored in the cache; nothing printed."
     import pickle, sys
-    cfg = pickle.load(sys.stdin.buffer)
-    dataset_gate(cfg, log=lambda *a: None, pictures=True)  # the verdict is the caller's; a failure shows in the exit status
+    dataset_gate(pickle.load(sys.stdin.buffer), log=lambda *a: None, pictures=True)  # the verdict is the caller's
 
 def analyze_in_background(cfg: Config):
     "Start the gate's analysis in a second Python process; returns its Popen (None if it cannot start). `dataset_gate` then reuses its result."
@@ -497,5 +496,4 @@ def analyze_in_background(cfg: Config):
                              stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
         p.stdin.write(pickle.dumps(dataclasses.replace(cfg, sources=dict(cfg.sources)))); p.stdin.close()  # a mappingproxy does not pickle
         return p
-    except OSError:
-        return None  # the gate then runs here, before the set-up
+    except OSError: return None  # the gate then runs here, before the set-up
