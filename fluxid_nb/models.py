@@ -64,6 +64,15 @@ def _tokenizer_corpus():
     w = sorted(set(_WORDS))
     return [' '.join(w[i:i+9]) for i in range(len(w))] * 4
 
+@contextlib.contextmanager
+def _one_thread():
+    "T5's Unigram training on one thread: its parallel sums reorder under load and the rounded scores differ (a CI run built two)."
+    old = os.environ.get('TOKENIZERS_PARALLELISM'); os.environ['TOKENIZERS_PARALLELISM'] = 'false'
+    try: yield
+    finally:
+        if old is None: os.environ.pop('TOKENIZERS_PARALLELISM', None)
+        else: os.environ['TOKENIZERS_PARALLELISM'] = old
+
 def _clip_tokenizer(folder: Path):
     from tokenizers import Tokenizer, Regex, models, trainers, pre_tokenizers, normalizers
     from transformers import CLIPTokenizer
@@ -86,7 +95,7 @@ def _t5_tokenizer(folder: Path):
     from transformers import T5TokenizerFast
     tok = Tokenizer(models.Unigram())
     tok.normalizer, tok.pre_tokenizer, tok.decoder = normalizers.NFKC(), pre_tokenizers.Metaspace(), decoders.Metaspace()
-    tok.train_from_iterator(_tokenizer_corpus(), trainers.UnigramTrainer(
+    with _one_thread(): tok.train_from_iterator(_tokenizer_corpus(), trainers.UnigramTrainer(
         vocab_size=512, special_tokens=['<pad>', '</s>', '<unk>'], unk_token='<unk>', show_progress=False))
     spec = json.loads(tok.to_str())  # the trainer's scores wobble in the last digits: round them so builds are identical
     spec['model']['vocab'] = [[p, round(s, 4)] for p, s in spec['model']['vocab']]
