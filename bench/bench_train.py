@@ -57,8 +57,7 @@ def child(job: dict) -> dict:
         marks['imports'] = time.perf_counter()
         stamp_file = Path(job['out'])/f"{job['run']}.stamps.json"
         os.environ.update(BENCH_STAMPS=str(stamp_file), BENCH_THREADS=str(job['threads']))
-        with open(os.devnull, 'w') as null:
-            rc = run_in_standby(cli_args(job), entry='bench_train:standby_entry')
+        rc = run_in_standby(cli_args(job), entry='bench_train:standby_entry')
         if rc is None: raise RuntimeError("no `fluxid warm` standby was ready")
         if rc: raise RuntimeError(f"the run in the standby failed with status {rc}")
         stamps = [w - W0 + T0 for w in json.loads(stamp_file.read_text())]  # wall clock → this process's clock
@@ -66,26 +65,13 @@ def child(job: dict) -> dict:
         losses = [r['loss'] for r in rows if 'loss' in r]
     else:
         from fluxid_nb.config import resolve_config
-        cfg = resolve_config('demo', env={}, model_path=job['model'], data_dir=job['data'], out_dir=job['out'],
-                             run_name=job['run'], max_train_steps=job['steps'], sample_every_n_steps=0,
-                             checkpoint_every_n_steps=10_000, holdout_images=2, resolution=job['resolution'],
-                             network_dim=job['rank'], network_alpha=job['rank'], t5_max_length=job['t5_len'], **job.get('extra', {}))
+        cfg = resolve_config('demo', env={}, out_dir=job['out'], run_name=job['run'], **run_settings(job))
         from fluxid_nb.models import keep_bitsandbytes_out
         keep_bitsandbytes_out(cfg)  # as `fluxid train` does before anything imports peft or diffusers
         from fluxid_nb.cli import train_gated
         from fluxid_nb.train import Trainer
         marks['imports'] = time.perf_counter()
-        setup = Trainer.setup
-        def timed_setup(self, *a, **k):  # the original, then a stamp after every optimizer step
-            marks['setup_start'] = time.perf_counter()
-            r = setup(self, *a, **k)
-            marks['setup_end'] = time.perf_counter()
-            step = self.optimizer.step
-            def timed_step(*a, **k):
-                r = step(*a, **k); stamps.append(time.perf_counter()); return r
-            self.optimizer.step = timed_step
-            return r
-        Trainer.setup = timed_setup
+        stamp_steps(Trainer, stamps, time.perf_counter, marks)
         with open(os.devnull, 'w') as null, contextlib.redirect_stdout(null):  # its progress lines; errors stay on stderr
             losses = train_gated(cfg).losses
     if len(stamps) < 3: raise RuntimeError(f"only {len(stamps)} optimizer steps were stamped (need ≥ 3: --steps too small?)")
@@ -93,31 +79,42 @@ def child(job: dict) -> dict:
     ru = lambda who: resource.getrusage(who).ru_maxrss / 1024
     return dict(first_step_s=stamps[0] - T0, sec_per_step=statistics.median(b - a for a, b in zip(stamps, stamps[1:])),
                 steps_stamped=len(stamps), import_s=rel('imports'), setup_start_s=rel('setup_start'), setup_end_s=rel('setup_end'),
-                peak_rss_mb=None if job['kind'] == 'standby' else ru(resource.RUSAGE_SELF),  # the standby's is not this process's  # this process; its children's below (a forked child counts the pages it inherited)
+                peak_rss_mb=None if job['kind'] == 'standby' else ru(resource.RUSAGE_SELF),  # a standby's is not this process's
                 peak_rss_children_mb=ru(resource.RUSAGE_CHILDREN),
                 loss_first=losses[0], loss_last=losses[-1])
 
+def run_settings(job: dict) -> dict:
+    "The config keys of a measured fluxid run (on top of the demo profile), in-process or through `fluxid train`."
+    return dict(model_path=job['model'], data_dir=job['data'], max_train_steps=job['steps'], sample_every_n_steps=0,
+                checkpoint_every_n_steps=10_000, holdout_images=2, resolution=job['resolution'], network_dim=job['rank'],
+                network_alpha=job['rank'], t5_max_length=job['t5_len'], **job.get('extra', {}))
+
 def cli_args(job: dict) -> list[str]:
     "The `fluxid train` arguments of the same run as the in-process child's config."
-    s = dict(model_path=job['model'], data_dir=job['data'], max_train_steps=job['steps'], sample_every_n_steps=0,
-             checkpoint_every_n_steps=10_000, holdout_images=2, resolution=job['resolution'], network_dim=job['rank'],
-             network_alpha=job['rank'], t5_max_length=job['t5_len'], **job.get('extra', {}))
-    return ['train', '--profile', 'demo', '--run-name', job['run'], '--out-dir', job['out']] + [x for k, v in s.items() for x in ('--set', f'{k}={v}')]
+    return (['train', '--profile', 'demo', '--run-name', job['run'], '--out-dir', job['out']]
+            + [x for k, v in run_settings(job).items() for x in ('--set', f'{k}={v}')])
+
+def stamp_steps(Trainer, stamps: list, clock, marks: dict | None = None):
+    "Patch `Trainer.setup`: the original (timed into `marks`), then a `clock()` stamp after every optimizer step."
+    setup = Trainer.setup
+    def timed_setup(self, *a, **k):
+        if marks is not None: marks['setup_start'] = clock()
+        r = setup(self, *a, **k)
+        if marks is not None: marks['setup_end'] = clock()
+        step = self.optimizer.step
+        def timed_step(*a, **k):
+            r = step(*a, **k); stamps.append(clock()); return r
+        self.optimizer.step = timed_step
+        return r
+    Trainer.setup = timed_setup
 
 def standby_entry(argv: list[str]) -> int:
     "Runs inside the `fluxid warm` standby: `fluxid train` itself, with wall-clock stamps of its optimizer steps in $BENCH_STAMPS."
     import torch
     from fluxid_nb import cli, train
     torch.set_num_threads(int(os.environ.get('BENCH_THREADS', '1')))
-    stamps, setup = [], train.Trainer.setup
-    def timed_setup(self, *a, **k):
-        r = setup(self, *a, **k)
-        step = self.optimizer.step
-        def timed_step(*a, **k):
-            r = step(*a, **k); stamps.append(time.time()); return r
-        self.optimizer.step = timed_step
-        return r
-    train.Trainer.setup = timed_setup
+    stamps = []
+    stamp_steps(train.Trainer, stamps, time.time)
     try: return cli.main(argv)
     finally: Path(os.environ['BENCH_STAMPS']).write_text(json.dumps(stamps))
 
