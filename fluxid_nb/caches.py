@@ -19,8 +19,8 @@ from . import flux1, masks
 
 # %% auto #0
 __all__ = ['TEXT_BATCH', 'EVAL_SIGMAS', 'component_fingerprint', 'fit_to_bucket', 'to_tensor', 'Example', 'Caches', 'build_masks',
-           'build_caches', 'load_texts', 'load_batch', 'fixed_noise_loss', 'epoch_batches', 'DataOrder', 'last_result',
-           'installed_packages']
+           'Pending', 'build_caches', 'load_texts', 'load_batch', 'fixed_noise_loss', 'epoch_batches', 'DataOrder',
+           'last_result', 'installed_packages']
 
 # %% ../nbs/08_caches.ipynb #59ef562b
 def component_fingerprint(model_dir: Path, name: str) -> str:
@@ -62,7 +62,7 @@ class Caches:
         root = Path(root or cache_root())
         self.lat_dir = root/'latents'/component_fingerprint(model_dir, 'vae')
         self.txt_dir = root/'text'/_sha(component_fingerprint(model_dir, 'text_encoder'), component_fingerprint(model_dir, 'text_encoder_2'))[:16]
-        self.t5_len, self.reused, self.computed = cfg.t5_max_length, 0, 0
+        self.t5_len, self.reused, self.computed, self.pending = cfg.t5_max_length, 0, 0, None  # pending: see `build_caches`
         self.shift, self.scale = flux1.latent_norm(model_dir)  # stored latents are the posterior, before normalisation
         self.mask_dir = root/'masks'  # masks depend on the photo, the bucket and the mask's source, not on the model
         for d in (self.lat_dir, self.txt_dir): d.mkdir(parents=True, exist_ok=True)
@@ -77,8 +77,12 @@ class Caches:
     def mask_path(self, key): return self.mask_dir/f'{key}.safetensors'
     def lat_path(self, key): return self.lat_dir/f'{key}.safetensors'
     def txt_path(self, key): return self.txt_dir/f'{key}.safetensors'
-    def load_latent(self, key): return load_file(self.lat_path(key))
-    def load_text(self, key): return load_file(self.txt_path(key))
+    def load_latent(self, key):
+        if self.pending: self.pending.latents([key])
+        return load_file(self.lat_path(key))
+    def load_text(self, key):
+        if self.pending: self.pending.texts([key])
+        return load_file(self.txt_path(key))
 
 # %% ../nbs/08_caches.ipynb #208d8b17
 def build_masks(cfg: Config, caches: Caches, examples: list, by_name: dict, masks_from: Path | None, log=print) -> int:
@@ -126,10 +130,59 @@ def _free():
     if torch.cuda.is_available(): torch.cuda.empty_cache()  # the encoder leaves the accelerator now, not at the end
 
 @torch.no_grad()
+def _encode_latents(vae, caches: Caches, pairs, device, dtype, bar=None):
+    "Encode and store (item, example) pairs one at a time: a batched VAE encode changes the latents' last bits on CPU (measured)."
+    for it, ex in pairs:
+        img = fit_to_bucket(load_image(it.image_path), ex.bucket)
+        dist = vae.encode(to_tensor(img.transpose(Image.FLIP_LEFT_RIGHT) if ex.flip else img).to(device, dtype)).latent_dist
+        atomic_save_safetensors({'mean': dist.mean[0].float(), 'std': dist.std[0].float(),
+                                 'photo_key': torch.tensor(list(bytes.fromhex(ex.latent_key)), dtype=torch.uint8)}, caches.lat_path(ex.latent_key))
+        if bar: bar.update()
+
+@torch.no_grad()
+def _encode_texts(pipe, caches: Caches, todo: dict, device, bar=None):
+    "Encode and store {text key: prompt}, `TEXT_BATCH` at a time."
+    keys = list(todo)
+    for j in range(0, len(keys), TEXT_BATCH):
+        ks = keys[j:j + TEXT_BATCH]
+        t5, pooled = flux1.encode_prompts(pipe, [todo[k] for k in ks], device, caches.t5_len)
+        for k, a, b in zip(ks, t5, pooled): atomic_save_safetensors({'t5': a.float().clone(), 'pooled': b.float().clone()}, caches.txt_path(k))
+        if bar: bar.update(len(ks))
+
+def _vae(cfg, model_dir, device, dtype): return load_component(model_dir, 'vae', dtype=dtype, allow_network=cfg.allow_network).to(device).eval()
+def _text_encoders(cfg, model_dir, device, dtype):
+    return load_pipeline(model_dir, dtype=dtype, allow_network=cfg.allow_network, transformer=None, vae=None).to(device)
+
+class Pending:
+    "What a run encodes when a step first reads it (`cache_encoding` as needed): each encoder is loaded on first use and freed when nothing it encodes is left."
+    def __init__(self, cfg: Config, caches: Caches, model_dir: Path, device, dtype, latents: dict, texts: dict):
+        self.cfg, self.caches, self.model_dir, self.device, self.dtype = cfg, caches, model_dir, device, dtype
+        self.lat, self.txt, self.vae, self.pipe, self.encoded = latents, texts, None, None, 0  # key → (item, example); key → prompt
+    def __bool__(self): return bool(self.lat or self.txt)
+    def latents(self, keys):
+        todo = [self.lat.pop(k) for k in dict.fromkeys(keys) if k in self.lat]
+        if not todo: return
+        self.vae = self.vae or _vae(self.cfg, self.model_dir, self.device, self.dtype)
+        _encode_latents(self.vae, self.caches, todo, self.device, self.dtype); self.encoded += len(todo)
+        if not self.lat: self.vae = None; _free()
+    def texts(self, keys):
+        todo = {k: self.txt.pop(k) for k in dict.fromkeys(keys) if k in self.txt}
+        if not todo: return
+        self.pipe = self.pipe or _text_encoders(self.cfg, self.model_dir, self.device, self.dtype)
+        _encode_texts(self.pipe, self.caches, todo, self.device); self.encoded += len(todo)
+        if not self.txt: self.pipe = None; _free()
+    def finish(self):
+        "Encode whatever is left (the first epoch is over: the rest may never be read), and free the encoders."
+        self.latents(list(self.lat)); self.texts(list(self.txt))
+    def close(self):
+        "Free the encoders; what is left stays unencoded (the next run encodes it when it needs it)."
+        self.lat, self.txt, self.vae, self.pipe = {}, {}, None, None; _free()
+
 def build_caches(cfg: Config, items, model_dir: Path, device, dtype, extra_prompts=(), log=print,
                  root: Path | None = None,  # cache root (default: `cache_root()`)
                  progress: bool = True,     # a progress bar over what is encoded
-                 masks_from: Path | None = None # the dataset folder: subject masks (cfg.masked_loss) for its photos
+                 masks_from: Path | None = None, # the dataset folder: subject masks (cfg.masked_loss) for its photos
+                 as_needed: bool = False    # encode nothing now: `caches.pending` encodes each entry when it is first read
                 ) -> tuple[Caches, list[Example], dict]:
     "Encode what is not cached yet (VAE latents one by one, T5 + CLIP embeddings in batches), freeing each encoder when done."
     import sys
@@ -138,38 +191,33 @@ def build_caches(cfg: Config, items, model_dir: Path, device, dtype, extra_promp
     for w in (masks.check_masks(cfg, masks_from, items) if masks_from is not None else []): log(f"masks: warning: {w}")  # missing ones stop the run here
     examples = _examples(cfg, items, caches, masks_from)
     by_name = {it.name: it for it in items}
-    todo_lat = [(by_name[ex.name.removesuffix(' (flipped)')], ex) for ex in examples if not caches.lat_path(ex.latent_key).is_file()]
+    todo_lat = {ex.latent_key: (by_name[ex.name.removesuffix(' (flipped)')], ex) for ex in examples if not caches.lat_path(ex.latent_key).is_file()}
     prompts = {ex.text_key: ex.caption for ex in examples} | {caches.text_key(p): p for p in extra_prompts}
     todo_txt = {k: p for k, p in prompts.items() if not caches.txt_path(k).is_file()}
     caches.reused = len(examples) - len(todo_lat) + len(prompts) - len(todo_txt)
+    if as_needed and (todo_lat or todo_txt):
+        caches.pending = Pending(cfg, caches, model_dir, device, dtype, todo_lat, todo_txt)
+        todo_lat, todo_txt = {}, {}
     bar = tqdm(total=len(todo_lat) + len(todo_txt), desc='caching', unit='item', file=sys.stdout, leave=False,
                disable=not progress or not (todo_lat or todo_txt))
-    if todo_lat:  # one at a time: a batched VAE encode changes the latents' last bits on CPU (measured)
-        vae = load_component(model_dir, 'vae', dtype=dtype, allow_network=cfg.allow_network).to(device).eval()
-        for it, ex in todo_lat:
-            img = fit_to_bucket(load_image(it.image_path), ex.bucket)
-            x = to_tensor(img.transpose(Image.FLIP_LEFT_RIGHT) if ex.flip else img).to(device, dtype)
-            dist = vae.encode(x).latent_dist
-            atomic_save_safetensors({'mean': dist.mean[0].float(), 'std': dist.std[0].float(), 'photo_key': torch.tensor(list(bytes.fromhex(ex.latent_key)), dtype=torch.uint8)},
-                                    caches.lat_path(ex.latent_key))
-            bar.update()
+    if todo_lat:
+        vae = _vae(cfg, model_dir, device, dtype)
+        _encode_latents(vae, caches, todo_lat.values(), device, dtype, bar)
         del vae; _free()
     if todo_txt:
-        pipe = load_pipeline(model_dir, dtype=dtype, allow_network=cfg.allow_network, transformer=None, vae=None).to(device)
-        keys = list(todo_txt)
-        for j in range(0, len(keys), TEXT_BATCH):
-            ks = keys[j:j + TEXT_BATCH]
-            t5, pooled = flux1.encode_prompts(pipe, [todo_txt[k] for k in ks], device, cfg.t5_max_length)
-            for k, a, b in zip(ks, t5, pooled): atomic_save_safetensors({'t5': a.float().clone(), 'pooled': b.float().clone()}, caches.txt_path(k))
-            bar.update(len(ks))
+        pipe = _text_encoders(cfg, model_dir, device, dtype)
+        _encode_texts(pipe, caches, todo_txt, device, bar)
         del pipe; _free()
     bar.close()
     caches.computed = len(todo_lat) + len(todo_txt) + build_masks(cfg, caches, examples, by_name, masks_from, log)
-    log(f"caches: {caches.computed} encoded, {caches.reused} reused ({caches.lat_dir.parent.parent})")
+    later = (f"; {len(caches.pending.lat) + len(caches.pending.txt)} encoded when a step first reads them, the encoders loaded "
+             f"until then (cache_encoding = {cfg.cache_encoding!r})") if caches.pending else ''
+    log(f"caches: {caches.computed} encoded, {caches.reused} reused{later} ({caches.lat_dir.parent.parent})")
     return caches, examples, prompts
 
 def load_texts(caches: Caches, keys: list) -> tuple[torch.Tensor, torch.Tensor]:
     "(T5 [B, L, D], pooled [B, Dp]) of cached text keys."
+    if caches.pending: caches.pending.texts(keys)  # as needed: those not encoded yet, in one batch
     txt = [caches.load_text(k) for k in keys]
     return torch.stack([t['t5'] for t in txt]), torch.stack([t['pooled'] for t in txt])
 
@@ -177,6 +225,7 @@ def load_batch(caches: Caches, examples: list, idx: list,
                texts: list | None = None # per sample, a text key to train on instead of its caption (caption dropout), or None
               ) -> Batch:
     "A micro-batch of cached latents, text embeddings and masks; each latent must carry its own photo's key."
+    if caches.pending: caches.pending.latents([examples[i].latent_key for i in idx])
     lat = [caches.load_latent(examples[i].latent_key) for i in idx]
     for i, l in zip(idx, lat):  # a mismatch is a bug, never a silent pairing
         assert bytes(l['photo_key'].tolist()).hex() == examples[i].latent_key, f"latent/photo mismatch for {examples[i].name}"

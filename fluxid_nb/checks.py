@@ -414,6 +414,7 @@ BY_TESTS = {  # key → (test, what it shows)
     'sample_steps': (_W + 'test_sample_settings_and_checkpoint_retention', "the trainer's sampler"),
     'sample_guidance': (_W + 'test_sample_settings_and_checkpoint_retention', "the trainer's sampler"),
     'sample_seed': (_W + 'test_sample_settings_and_checkpoint_retention', "the trainer's sampler"),
+    'cache_encoding': ('tests/test_start.py::test_as_needed_encoding_trains_bit_for_bit_like_encoding_up_front', "when the trainer encodes"),
 }
 
 def _test_exists(ref: str) -> bool | None:

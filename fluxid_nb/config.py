@@ -119,6 +119,7 @@ class Config:
     use_reg: bool = _f(False, 'training', "prior preservation with the images in reg_dir")
     prior_loss_weight: float = _f(1.0, 'training', "weight of the regularisation loss", _rng(0, 10))
     blocks_to_swap: int = _f(0, 'training', "transformer blocks kept in host memory and copied in just before they run (0: none)", _rng(0, 57))
+    cache_encoding: str = _f('auto', 'training', "when photos and captions are encoded: upfront (all before the first step), as_needed (when a step first reads them; the encoders stay loaded until then, at most the first epoch), auto (as_needed when the encoders fit beside training)", choices=('auto', 'upfront', 'as_needed'))
     # [identity]
     masked_loss: str = _f('none', 'identity', "weight the loss by a subject mask: none, face (detected), or file (masks/<stem>.png)", choices=('none', 'face', 'file'))
     mask_background_weight: float = _f(1.0, 'identity', "loss weight outside the mask (1: the mask has no effect)", _rng(0, 1))

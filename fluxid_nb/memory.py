@@ -22,7 +22,7 @@ __all__ = ['GB', 'BACKWARD_TRANSIENT', 'CUDA_CONTEXT_GB', 'ALLOCATOR_SLACK', 'NF
            'BASE_SPEED', 'Arch', 'architecture', 'lora_params', 'saved_activations', 'encoder_params', 'block_bytes',
            'block_flops', 'Plan', 'detect_device', 'plan_memory', 'format_plan', 'step_seconds', 'Option',
            'host_memory_gb', 'fit_options', 'format_options', 'plan_main', 'memory_report', 'model_architecture',
-           'memory_text']
+           'memory_text', 'encode_as_needed']
 
 # %% ../nbs/10_memory.ipynb #846962e6
 @dataclass(frozen=True)
@@ -479,3 +479,19 @@ def memory_text(cfg: Config) -> str:
     arch, why = model_architecture(cfg.model_path)
     if arch is None: return f"memory plan: not modelled for {why}; the measured peak is printed when the run ends"
     return memory_report(cfg, arch=arch)
+
+# %% ../nbs/10_memory.ipynb #36cf055e
+def _weights_bytes(model_dir: Path) -> int: return sum(f.stat().st_size for f in Path(model_dir).rglob('*') if f.suffix in ('.safetensors', '.bin'))
+
+def encode_as_needed(cfg: Config, device, model_dir: Path,
+                     processes: int = 1,              # processes of the run (accelerate launch)
+                     host_gb: float | None = None, device_gb: float | None = None,  # machine's and card's memory (default: detected)
+                     log=print) -> bool:
+    "Whether the run encodes photos and captions when a step first reads them (`cache_encoding`), rather than all before its first step."
+    held = ('the run has several processes' if processes > 1 else 'blocks_to_swap is set' if cfg.blocks_to_swap
+            else 'use_reg is on' if cfg.use_reg else '')
+    if held and cfg.cache_encoding == 'as_needed': log(f"caches: encoded before the first step though cache_encoding = 'as_needed': {held}")
+    if held or cfg.cache_encoding != 'auto': return not held and cfg.cache_encoding == 'as_needed'
+    kind = torch.device(device).type
+    if kind == 'cuda': return bool((arch := model_architecture(cfg.model_path)[0]) and plan_memory(cfg, device_gb, arch, encoders='live', device='cuda').fits)
+    return kind == 'cpu' and _weights_bytes(model_dir) < (host_memory_gb() if host_gb is None else host_gb) * GB / 2

@@ -9,18 +9,17 @@ from dataclasses import dataclass
 from pathlib import Path
 import torch
 from fastcore.basics import patch
-from .config import Config, ConfigError, resolve_config, describe, commands, env_report, configs_dir, repo_root
+from .config import Config, ConfigError, resolve_config, describe, commands, env_report, configs_dir, repo_root, env_near_misses
 from .data import load_dataset, dataset_fingerprint, detect_trigger
 from .models import check_model_dir, load_component, load_transformer, eval_mode, compute_dtype, base_kind
 from .flow import lr_at, flow_loss, make_optimizer, seeded_generator, _sha, due, SYNC_EVERY, class_captions, caption_dropped
 from .caches import build_caches, load_batch, load_texts, fixed_noise_loss, DataOrder, installed_packages
 from .lora import (add_lora, lora_modules, load_lora_state, peft_state_dict, save_peft_lora, save_kohya_lora, read_peft_lora,
                             lora_metadata, TrainingState, save_state, load_state, list_checkpoints, save_dtype, lora_off)
-from .memory import memory_text
+from .memory import memory_text, encode_as_needed
 from .swap import BlockSwap
 from .shard import fsdp_requested, launch_problems, shard_model, full_lora_state, full_optimizer_state, shard_optimizer_state
 from .checks import preflight
-from .config import env_near_misses
 from .prompts import read_prompts
 from .pictures import contact_sheet, loss_figure
 from . import flux1
@@ -62,16 +61,14 @@ def _git_state() -> dict:
 
 def config_dict(cfg: Config) -> dict:
     "The resolved config as plain JSON-able values, with the source of each."
-    d = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name != 'sources'}
-    return d | {'sources': dict(cfg.sources)}
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name != 'sources'} | {'sources': dict(cfg.sources)}
 
 def write_repro(cfg: Config, logs: Path, dataset_hash: str, invocation: str | None = None):
     "Write the four reproducibility files of a run."
     logs.mkdir(parents=True, exist_ok=True)
-    cmds = commands(cfg)
     inv = invocation or ' '.join([Path(sys.argv[0]).name, *sys.argv[1:]])
     (logs/f'{cfg.run_name}_command.txt').write_text(
-        f"# invocation\n{inv}\n\n" + ''.join(f"# {l}\n" for l in env_report().splitlines()) + "\n# equivalent commands\n" + '\n'.join(f"{k}: {v}" for k, v in cmds.items()) + '\n')
+        f"# invocation\n{inv}\n\n" + ''.join(f"# {l}\n" for l in env_report().splitlines()) + "\n# equivalent commands\n" + '\n'.join(f"{k}: {v}" for k, v in commands(cfg).items()) + '\n')
     dev = dict(cpu=platform.processor() or platform.machine(), cpu_count=os.cpu_count(), platform=platform.platform(),
                cuda=torch.version.cuda, gpus=[torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())])
     vers = {p: importlib.metadata.version(p) for p in ('torch', 'diffusers', 'transformers', 'peft', 'accelerate', 'safetensors')}
@@ -140,9 +137,10 @@ def setup(self: Trainer):
     self.prompts = read_prompts(cfg, self.trigger) if cfg.sample_every_n_steps else []
     class_of = class_captions(cfg, {it.caption for it in self.items}, self.trigger)  # preservation's class captions
     extra = [*self.prompts, *sorted(set(class_of.values())), *([self.trigger] if cfg.caption_dropout_rate else [])]
+    later = encode_as_needed(cfg, self.device, self.model_dir, self.acc.num_processes, log=self._log)  # encoders kept for the first steps
     with self.acc.main_process_first():
         self.caches, self.examples, _ = build_caches(cfg, self.items + self.holdout, self.model_dir, self.device, self.dtype, extra,
-                                                     log=self._log, masks_from=ds.root if cfg.masked_loss != 'none' else None)
+                                                     log=self._log, masks_from=ds.root if cfg.masked_loss != 'none' else None, as_needed=later)
     key = self.caches.text_key  # what each step reads, keyed once: a caption's class caption, and the trigger alone
     self.class_key, self.trigger_key = {key(c): key(cc) for c, cc in class_of.items()}, key(self.trigger)
     held = {it.name for it in self.holdout}
@@ -338,7 +336,8 @@ def _step(self: Trainer) -> tuple:
     pres = torch.zeros((), device=self.device) if self.class_key else None
     for micro in range(cfg.gradient_accumulation_steps):
         k = (step * cfg.gradient_accumulation_steps + micro) * self.world + self.rank
-        _, idx = self.order(k)
+        epoch, idx = self.order(k)
+        if epoch and self.caches.pending: self.caches.pending.finish()  # as needed: the first epoch is over, the encoders go
         sync = micro == cfg.gradient_accumulation_steps - 1
         with contextlib.nullcontext() if (sync or self.world == 1) else self.model.no_sync():
             loss, parts = flow_loss(self.model, self._batch(k, idx), cfg, seeded_generator(cfg.seed, 'noise', k), self.device, self.dtype,
@@ -448,6 +447,7 @@ def _baseline(self: Trainer, metrics_f, off: bool) -> float | None:
 @patch
 def _finish(self: Trainer, metrics_f, ev0, losses, elapsed, step0) -> RunResult:
     ev1 = self.eval_loss() if self.main or self.sharded else None
+    if self.caches.pending: self.caches.pending.close()  # a run shorter than an epoch: the encoders go, the rest waits
     if self.main and ev1 is not None: self._write_metric(metrics_f, dict(step=self.step, eval_loss=ev1))
     self.check_ranks_identical()
     peft_path, kohya = self.save_final(self.step)

@@ -109,3 +109,44 @@ def test_the_start_held_out_loss_and_samples_come_beside_the_first_steps_unchang
     assert {n: (tr.run_dir/'samples'/'step_000000'/n).read_bytes() for n in shots} == shots
     rows = [json.loads(l) for l in (tr.run_dir/'metrics.jsonl').read_text().splitlines()]
     assert dict(step=0, eval_loss=eager) in rows
+
+
+# --- cache_encoding: what a step first reads is encoded then (memory.encode_as_needed, caches.Pending) ---
+import hashlib
+
+def _run(tmp_path, monkeypatch, tag, fresh=True, **kw):
+    "A run with its own run folder, in one cache: the same tiny model (its CLIP vocabulary differs between builds), its caches emptied when `fresh`."
+    monkeypatch.setenv('FLUXID_CACHE', str(tmp_path/'cache'))
+    if fresh:
+        for d in ('latents', 'text'): shutil.rmtree(tmp_path/'cache'/d, ignore_errors=True)
+    said = []
+    tr = T.Trainer(demo_cfg(tmp_path/tag, **kw), log=said.append)
+    return tr, tr.run(), said
+
+def test_as_needed_encoding_trains_bit_for_bit_like_encoding_up_front(tmp_path, monkeypatch):
+    "Photos, captions, sample prompts, class captions and the dropout trigger encoded when first read: the same run, bit for bit."
+    kw = dict(max_train_steps=10, gradient_accumulation_steps=4, holdout_images=2, random_flip=True, sample_every_n_steps=6, network_dropout=0.1,
+              preservation='dop', class_word='person', caption_dropout_rate=0.3)
+    up, r_up, said_up = _run(tmp_path, monkeypatch, 'up', cache_encoding='upfront', **kw)
+    lazy, r_lazy, said_lazy = _run(tmp_path, monkeypatch, 'lazy', cache_encoding='auto', **kw)  # auto: the CPU has room
+    assert up.caches.pending is None and not any('first reads' in l for l in said_up)
+    assert any('encoded when a step first reads them' in l and "cache_encoding = 'auto'" in l for l in said_lazy), said_lazy
+    assert 10 * lazy.cfg.gradient_accumulation_steps > lazy.order.per_epoch     # the run crosses into its second epoch,
+    assert not lazy.caches.pending and (lazy.caches.pending.vae, lazy.caches.pending.pipe) == (None, None)  # where all is encoded, encoders freed
+    assert lazy.caches.pending.encoded == len(list(lazy.caches.lat_dir.iterdir())) + len(list(lazy.caches.txt_dir.iterdir()))
+    assert (r_lazy.losses, r_lazy.eval_loss_before, r_lazy.eval_loss_after) == (r_up.losses, r_up.eval_loss_before, r_up.eval_loss_after)
+    a, b = load_file(r_up.lora), load_file(r_lazy.lora)          # the tensors (the file's metadata has a date)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    digest = lambda p: hashlib.sha256(p.read_bytes()).hexdigest()
+    for step in ('step_000000', 'step_000006'):
+        a, b = sorted((up.run_dir/'samples'/step).glob('*.png')), sorted((lazy.run_dir/'samples'/step).glob('*.png'))
+        assert a and [digest(p) for p in a] == [digest(p) for p in b]
+
+def test_a_run_shorter_than_an_epoch_frees_the_encoders_and_leaves_the_rest(tmp_path, monkeypatch):
+    tr, res, _ = _run(tmp_path, monkeypatch, 'short', max_train_steps=1, cache_encoding='as_needed')
+    p = tr.caches.pending
+    assert (p.vae, p.pipe, p.lat, p.txt) == (None, None, {}, {}) and res.steps == 1
+    n_lat, n_txt = (len(list(d.iterdir())) for d in (tr.caches.lat_dir, tr.caches.txt_dir))
+    assert 0 < n_lat < len(tr.examples)                        # the first step's photo and the held-out ones, not all
+    tr2, _, _ = _run(tmp_path, monkeypatch, 'next', fresh=False, max_train_steps=1, cache_encoding='upfront')
+    assert tr2.caches.reused == n_lat + n_txt and tr2.caches.computed > 0   # the next run encodes only what was left
