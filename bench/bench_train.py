@@ -15,7 +15,7 @@ Then, once each, the identity levers (--levers) as warm, unchanged runs with the
 
 Every measurement is its own process (nothing imported yet; the parent never imports torch, so no child inherits its
 peak RSS). Time to first step runs from the child's interpreter start (T0 below) to the end of its first optimizer
-step; s/step is the median step interval after the first. A `fluxid warm` run is timed from its client process's start
+step; s/step is the median step interval after the first; "to last step" runs to the end of the last optimizer step. A `fluxid warm` run is timed from its client process's start
 (what a user types: `fluxid train ...`) to the end of the first step in the standby, by wall clock; the standby is
 started once per model and the bench waits until the next one is ready before measuring anything else. The fluxid child goes through `fluxid train`'s own path,
 `fluxid_nb.cli.train_gated(cfg)` (the dataset gate, then the trainer); the plain child sets
@@ -80,7 +80,7 @@ def child(job: dict) -> dict:
     if len(stamps) < 3: raise RuntimeError(f"only {len(stamps)} optimizer steps were stamped (need ≥ 3: --steps too small?)")
     rel = lambda k: marks[k] - T0 if k in marks else None
     ru = lambda who: resource.getrusage(who).ru_maxrss / 1024
-    return dict(first_step_s=stamps[0] - T0, sec_per_step=statistics.median(b - a for a, b in zip(stamps, stamps[1:])),
+    return dict(first_step_s=stamps[0] - T0, last_step_s=stamps[-1] - T0, sec_per_step=statistics.median(b - a for a, b in zip(stamps, stamps[1:])),
                 steps_stamped=len(stamps), import_s=rel('imports'), setup_start_s=rel('setup_start'), setup_end_s=rel('setup_end'),
                 peak_rss_mb=None if job['kind'] == 'standby' else ru(resource.RUSAGE_SELF),  # a standby's is not this process's
                 peak_rss_children_mb=ru(resource.RUSAGE_CHILDREN),
@@ -237,7 +237,7 @@ def summarize(runs: list[dict]) -> list[dict]:
         rs = [r for r in runs if (r['model'], r['trainer']) == key]
         med = lambda k: statistics.median(r[k] for r in rs)
         fs = [r['first_step_s'] for r in rs]
-        rows.append(dict(model=key[0], trainer=key[1], n=len(rs), sec_per_step=med('sec_per_step'), first_step_s=med('first_step_s'),
+        rows.append(dict(model=key[0], trainer=key[1], n=len(rs), sec_per_step=med('sec_per_step'), first_step_s=med('first_step_s'), last_step_s=med('last_step_s'),
                          first_step_min=min(fs), first_step_max=max(fs), peak_rss_mb=_med(r['peak_rss_mb'] for r in rs),
                          peak_rss_children_mb=med('peak_rss_children_mb'), import_s=med('import_s'),
                          setup_start_s=_med(r['setup_start_s'] for r in rs), setup_end_s=_med(r['setup_end_s'] for r in rs),
@@ -254,13 +254,13 @@ def _verdict(x, target): return f"target ≤ {target:.2f}×: {'PASS' if x <= tar
 def _mb(x): return '–' if x is None else f'{x:.0f}'
 
 def table(rows: list[dict]) -> str:
-    out = ["| model | trainer / mode | s/step (median) | time to first step s, median (min–max) | × plain's first step | peak RSS MB | loss first→last |",
-           "|---|---|---:|---:|---:|---:|---|"]
+    out = ["| model | trainer / mode | s/step (median) | time to first step s, median (min–max) | × plain's first step | to last step s | peak RSS MB | loss first→last |",
+           "|---|---|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         p = _row(rows, r['model'], PLAIN)
         span = f" ({r['first_step_min']:.1f}–{r['first_step_max']:.1f})" if r['n'] > 1 else ' (1 run)'
         out.append(f"| {r['model']} | {r['trainer']} | {r['sec_per_step']:.3f} | {r['first_step_s']:.1f}{span} | "
-                   f"{r['first_step_s'] / p['first_step_s']:.2f}× | {_mb(r['peak_rss_mb'])} | {r['loss_first']:.3f}→{r['loss_last']:.3f} |")
+                   f"{r['first_step_s'] / p['first_step_s']:.2f}× | {r['last_step_s']:.1f} | {_mb(r['peak_rss_mb'])} | {r['loss_first']:.3f}→{r['loss_last']:.3f} |")
     return '\n'.join(out)
 
 def summary_lines(rows: list[dict]) -> list[str]:

@@ -153,6 +153,7 @@ def _vae(cfg, model_dir, device, dtype): return load_component(model_dir, 'vae',
 def _text_encoders(cfg, model_dir, device, dtype):
     return load_pipeline(model_dir, dtype=dtype, allow_network=cfg.allow_network, transformer=None, vae=None).to(device)
 
+# %% ../nbs/08_caches.ipynb #b0888001
 class Pending:
     "What a run encodes when a step first reads it (`cache_encoding` as needed): each encoder is loaded on first use and freed when nothing it encodes is left."
     def __init__(self, cfg: Config, caches: Caches, model_dir: Path, device, dtype, latents: dict, texts: dict):
@@ -178,6 +179,7 @@ class Pending:
         "Free the encoders; what is left stays unencoded (the next run encodes it when it needs it)."
         self.lat, self.txt, self.vae, self.pipe = {}, {}, None, None; _free()
 
+# %% ../nbs/08_caches.ipynb #707fab6c
 def build_caches(cfg: Config, items, model_dir: Path, device, dtype, extra_prompts=(), log=print,
                  root: Path | None = None,  # cache root (default: `cache_root()`)
                  progress: bool = True,     # a progress bar over what is encoded
@@ -210,8 +212,8 @@ def build_caches(cfg: Config, items, model_dir: Path, device, dtype, extra_promp
         del pipe; _free()
     bar.close()
     caches.computed = len(todo_lat) + len(todo_txt) + build_masks(cfg, caches, examples, by_name, masks_from, log)
-    later = (f"; {len(caches.pending.lat) + len(caches.pending.txt)} encoded when a step first reads them, the encoders loaded "
-             f"until then (cache_encoding = {cfg.cache_encoding!r})") if caches.pending else ''
+    later = (f", {len(caches.pending.lat) + len(caches.pending.txt)} left to encode when a step first reads them (cache_encoding = "
+             f"{cfg.cache_encoding!r}: the encoders stay loaded until then, at most through the first epoch)") if caches.pending else ''
     log(f"caches: {caches.computed} encoded, {caches.reused} reused{later} ({caches.lat_dir.parent.parent})")
     return caches, examples, prompts
 

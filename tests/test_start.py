@@ -130,7 +130,7 @@ def test_as_needed_encoding_trains_bit_for_bit_like_encoding_up_front(tmp_path, 
     up, r_up, said_up = _run(tmp_path, monkeypatch, 'up', cache_encoding='upfront', **kw)
     lazy, r_lazy, said_lazy = _run(tmp_path, monkeypatch, 'lazy', cache_encoding='auto', **kw)  # auto: the CPU has room
     assert up.caches.pending is None and not any('first reads' in l for l in said_up)
-    assert any('encoded when a step first reads them' in l and "cache_encoding = 'auto'" in l for l in said_lazy), said_lazy
+    assert any('left to encode when a step first reads them' in l and "cache_encoding = 'auto'" in l for l in said_lazy), said_lazy
     assert 10 * lazy.cfg.gradient_accumulation_steps > lazy.order.per_epoch     # the run crosses into its second epoch,
     assert not lazy.caches.pending and (lazy.caches.pending.vae, lazy.caches.pending.pipe) == (None, None)  # where all is encoded, encoders freed
     assert lazy.caches.pending.encoded == len(list(lazy.caches.lat_dir.iterdir())) + len(list(lazy.caches.txt_dir.iterdir()))
