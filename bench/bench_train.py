@@ -15,8 +15,8 @@ Then, once each, the identity levers (--levers) as warm, unchanged runs with the
 
 Every measurement is its own process (nothing imported yet; the parent never imports torch, so no child inherits its
 peak RSS). Time to first step runs from the child's interpreter start (T0 below) to the end of its first optimizer
-step; s/step is the median step interval after the first; "to last step" runs to the end of the last optimizer step. A `fluxid warm` run is timed from its client process's start
-(what a user types: `fluxid train ...`) to the end of the first step in the standby, by wall clock; the standby is
+step; s/step is the median step interval after the first; "to last step" runs to the end of the last optimizer step.
+A `fluxid warm` run is timed from its client process's start (what a user types: `fluxid train ...`) to the end of the first step in the standby, by wall clock; the standby is
 started once per model and the bench waits until the next one is ready before measuring anything else. The fluxid child goes through `fluxid train`'s own path,
 `fluxid_nb.cli.train_gated(cfg)` (the dataset gate, then the trainer); the plain child sets
 `sys.modules['bitsandbytes'] = None` before any other import, so peft and diffusers see no bitsandbytes, as in the
