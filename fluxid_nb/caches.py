@@ -160,17 +160,30 @@ class Pending:
         self.cfg, self.caches, self.model_dir, self.device, self.dtype = cfg, caches, model_dir, device, dtype
         self.lat, self.txt, self.vae, self.pipe, self.encoded = latents, texts, None, None, 0  # key → (item, example); key → prompt
     def __bool__(self): return bool(self.lat or self.txt)
+    def keep(self, keys):
+        "Forget latents no step reads (a held-out photo's mirror): nothing keeps the VAE loaded for them."
+        keys = set(keys); self.lat = {k: v for k, v in self.lat.items() if k in keys}
+        if not self.lat: self.vae = None
     def latents(self, keys):
-        todo = [self.lat.pop(k) for k in dict.fromkeys(keys) if k in self.lat]
+        todo = [k for k in dict.fromkeys(keys) if k in self.lat]
         if not todo: return
-        self.vae = self.vae or _vae(self.cfg, self.model_dir, self.device, self.dtype)
-        _encode_latents(self.vae, self.caches, todo, self.device, self.dtype); self.encoded += len(todo)
+        try:
+            self.vae = self.vae or _vae(self.cfg, self.model_dir, self.device, self.dtype)
+            _encode_latents(self.vae, self.caches, [self.lat[k] for k in todo], self.device, self.dtype)
+        except BaseException: self.vae = None; _free(); raise  # out of memory mid-run: the VAE goes; what is left stays pending
+        for k in todo: del self.lat[k]
+        self.encoded += len(todo)
         if not self.lat: self.vae = None; _free()
     def texts(self, keys):
-        todo = {k: self.txt.pop(k) for k in dict.fromkeys(keys) if k in self.txt}
+        # off the CPU all captions at the first miss: the up-front batches exactly, and T5 (the largest) goes after step 1
+        todo = [k for k in (self.txt if torch.device(self.device).type != 'cpu' else dict.fromkeys(keys)) if k in self.txt]
         if not todo: return
-        self.pipe = self.pipe or _text_encoders(self.cfg, self.model_dir, self.device, self.dtype)
-        _encode_texts(self.pipe, self.caches, todo, self.device); self.encoded += len(todo)
+        try:
+            self.pipe = self.pipe or _text_encoders(self.cfg, self.model_dir, self.device, self.dtype)
+            _encode_texts(self.pipe, self.caches, {k: self.txt[k] for k in todo}, self.device)
+        except BaseException: self.pipe = None; _free(); raise
+        for k in todo: del self.txt[k]
+        self.encoded += len(todo)
         if not self.txt: self.pipe = None; _free()
     def finish(self):
         "Encode whatever is left (the first epoch is over: the rest may never be read), and free the encoders."
@@ -196,7 +209,7 @@ def build_caches(cfg: Config, items, model_dir: Path, device, dtype, extra_promp
     todo_lat = {ex.latent_key: (by_name[ex.name.removesuffix(' (flipped)')], ex) for ex in examples if not caches.lat_path(ex.latent_key).is_file()}
     prompts = {ex.text_key: ex.caption for ex in examples} | {caches.text_key(p): p for p in extra_prompts}
     todo_txt = {k: p for k, p in prompts.items() if not caches.txt_path(k).is_file()}
-    caches.reused = len(examples) - len(todo_lat) + len(prompts) - len(todo_txt)
+    caches.reused = sum(caches.lat_path(ex.latent_key).is_file() for ex in examples) + len(prompts) - len(todo_txt)
     if as_needed and (todo_lat or todo_txt):
         caches.pending = Pending(cfg, caches, model_dir, device, dtype, todo_lat, todo_txt)
         todo_lat, todo_txt = {}, {}
@@ -213,7 +226,7 @@ def build_caches(cfg: Config, items, model_dir: Path, device, dtype, extra_promp
     bar.close()
     caches.computed = len(todo_lat) + len(todo_txt) + build_masks(cfg, caches, examples, by_name, masks_from, log)
     later = (f", {len(caches.pending.lat) + len(caches.pending.txt)} left to encode when a step first reads them (cache_encoding = "
-             f"{cfg.cache_encoding!r}: the encoders stay loaded until then, at most through the first epoch)") if caches.pending else ''
+             f"{cfg.cache_encoding!r}: each encoder loaded on first use, kept at most through the first epoch)") if caches.pending else ''
     log(f"caches: {caches.computed} encoded, {caches.reused} reused{later} ({caches.lat_dir.parent.parent})")
     return caches, examples, prompts
 

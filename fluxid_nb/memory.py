@@ -493,5 +493,6 @@ def encode_as_needed(cfg: Config, device, model_dir: Path,
     if held and cfg.cache_encoding == 'as_needed': log(f"caches: encoded before the first step though cache_encoding = 'as_needed': {held}")
     if held or cfg.cache_encoding != 'auto': return not held and cfg.cache_encoding == 'as_needed'
     kind = torch.device(device).type
-    if kind == 'cuda': return bool((arch := model_architecture(cfg.model_path)[0]) and plan_memory(cfg, device_gb, arch, encoders='live', device='cuda').fits)
+    two_bytes = torch.tensor([], dtype=compute_dtype(cfg)).element_size() == 2  # the planner sizes live encoders in bf16
+    if kind == 'cuda': return bool(two_bytes and (arch := model_architecture(cfg.model_path)[0]) and plan_memory(cfg, device_gb, arch, encoders='live', device='cuda').fits)
     return kind == 'cpu' and _weights_bytes(model_dir) < (host_memory_gb() if host_gb is None else host_gb) * GB / 2

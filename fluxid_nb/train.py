@@ -4,7 +4,7 @@
 
 # %% ../nbs/train.ipynb #41157f28
 from __future__ import annotations
-import contextlib, dataclasses, hashlib, importlib.metadata, json, math, os, platform, subprocess, sys, time
+import collections, contextlib, dataclasses, hashlib, importlib.metadata, json, math, os, platform, subprocess, sys, time
 from dataclasses import dataclass
 from pathlib import Path
 import torch
@@ -48,7 +48,7 @@ def refuse_fp16(cfg: Config, env=None):
 
 OOM_ADVICE = ("Out of memory at step {step} ({where}). The guide's fixes, in order: BATCH_SIZE=1, RESOLUTION=512, "
               "FP8_BASE=1, gradient checkpointing on (it is: {gc}); beyond the guide: QUANT_BASE=nf4 and "
-              "FLUXID_OPTIMIZER=adamw8bit (`fluxid dry-run` shows the predicted peak of each). The last good checkpoint is kept: {ckpt}")
+              "FLUXID_OPTIMIZER=adamw8bit (`fluxid dry-run` shows the predicted peak of each), FLUXID_CACHE_ENCODING=upfront. The last good checkpoint is kept: {ckpt}")
 
 # %% ../nbs/train.ipynb #00859d2f
 def _git_state() -> dict:
@@ -146,6 +146,7 @@ def setup(self: Trainer):
     held = {it.name for it in self.holdout}
     self.eval_examples = [ex for ex in self.examples if ex.name in held]  # held-out images, never flipped copies
     self.examples = [ex for ex in self.examples if ex.name.removesuffix(' (flipped)') not in held]
+    if self.caches.pending: self.caches.pending.keep(ex.latent_key for ex in self.examples + self.eval_examples)  # not held-out mirrors
     self.reg_examples = []
     if cfg.use_reg:
         with self.acc.main_process_first():
@@ -241,8 +242,7 @@ def levers_text(cfg: Config, trigger: str) -> str:
 @patch
 def _summary(self: Trainer):
     cfg = self.cfg
-    buckets = {}
-    for ex in self.examples: buckets[ex.bucket] = buckets.get(ex.bucket, 0) + 1
+    buckets = collections.Counter(ex.bucket for ex in self.examples)
     n_train = sum(p.numel() for p in self.params)
     how = ' · FSDP' if self.sharded else f' · {cfg.blocks_to_swap} blocks swapped' if self.swap else ''
     self._log(f"fluxid train · {cfg.run_name} · profile {cfg.profile} · {self.device} × {self.acc.num_processes}{how}\n"
