@@ -164,27 +164,24 @@ class Pending:
         "Forget latents no step reads (a held-out photo's mirror): nothing keeps the VAE loaded for them."
         keys = set(keys); self.lat = {k: v for k, v in self.lat.items() if k in keys}
         if not self.lat: self.vae = None
-    def latents(self, keys):
-        todo = [k for k in dict.fromkeys(keys) if k in self.lat]
+    def _encode(self, left: dict, todo: list, slot: str, load, encode):
+        "Encode the `todo` keys of `left` with the encoder in `self.<slot>` (`load()`ed on first use), then drop them."
         if not todo: return
         try:
-            self.vae = self.vae or _vae(self.cfg, self.model_dir, self.device, self.dtype)
-            _encode_latents(self.vae, self.caches, [self.lat[k] for k in todo], self.device, self.dtype)
-        except BaseException: self.vae = None; _free(); raise  # out of memory mid-run: the VAE goes; what is left stays pending
-        for k in todo: del self.lat[k]
+            setattr(self, slot, getattr(self, slot) or load())
+            encode(getattr(self, slot), {k: left[k] for k in todo})
+        except BaseException: setattr(self, slot, None); _free(); raise  # out of memory mid-run: the encoder goes, nothing is lost
+        for k in todo: del left[k]
         self.encoded += len(todo)
-        if not self.lat: self.vae = None; _free()
+        if not left: setattr(self, slot, None); _free()  # nothing left for it: freed now
+    def latents(self, keys):
+        self._encode(self.lat, [k for k in dict.fromkeys(keys) if k in self.lat], 'vae', lambda: _vae(self.cfg, self.model_dir, self.device, self.dtype),
+                     lambda vae, todo: _encode_latents(vae, self.caches, todo.values(), self.device, self.dtype))
     def texts(self, keys):
         # off the CPU all captions at the first miss: the up-front batches exactly, and T5 (the largest) goes after step 1
         todo = [k for k in (self.txt if torch.device(self.device).type != 'cpu' else dict.fromkeys(keys)) if k in self.txt]
-        if not todo: return
-        try:
-            self.pipe = self.pipe or _text_encoders(self.cfg, self.model_dir, self.device, self.dtype)
-            _encode_texts(self.pipe, self.caches, {k: self.txt[k] for k in todo}, self.device)
-        except BaseException: self.pipe = None; _free(); raise
-        for k in todo: del self.txt[k]
-        self.encoded += len(todo)
-        if not self.txt: self.pipe = None; _free()
+        self._encode(self.txt, todo, 'pipe', lambda: _text_encoders(self.cfg, self.model_dir, self.device, self.dtype),
+                     lambda pipe, todo: _encode_texts(pipe, self.caches, todo, self.device))
     def finish(self):
         "Encode whatever is left (the first epoch is over: the rest may never be read), and free the encoders."
         self.latents(list(self.lat)); self.texts(list(self.txt))
@@ -206,10 +203,11 @@ def build_caches(cfg: Config, items, model_dir: Path, device, dtype, extra_promp
     for w in (masks.check_masks(cfg, masks_from, items) if masks_from is not None else []): log(f"masks: warning: {w}")  # missing ones stop the run here
     examples = _examples(cfg, items, caches, masks_from)
     by_name = {it.name: it for it in items}
-    todo_lat = {ex.latent_key: (by_name[ex.name.removesuffix(' (flipped)')], ex) for ex in examples if not caches.lat_path(ex.latent_key).is_file()}
+    cached = [caches.lat_path(ex.latent_key).is_file() for ex in examples]
+    todo_lat = {ex.latent_key: (by_name[ex.name.removesuffix(' (flipped)')], ex) for ex, c in zip(examples, cached) if not c}
     prompts = {ex.text_key: ex.caption for ex in examples} | {caches.text_key(p): p for p in extra_prompts}
     todo_txt = {k: p for k, p in prompts.items() if not caches.txt_path(k).is_file()}
-    caches.reused = sum(caches.lat_path(ex.latent_key).is_file() for ex in examples) + len(prompts) - len(todo_txt)
+    caches.reused = sum(cached) + len(prompts) - len(todo_txt)
     if as_needed and (todo_lat or todo_txt):
         caches.pending = Pending(cfg, caches, model_dir, device, dtype, todo_lat, todo_txt)
         todo_lat, todo_txt = {}, {}

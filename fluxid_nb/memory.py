@@ -258,7 +258,7 @@ def plan_memory(cfg: Config,                 # the resolved run config
         # the running block whole, the next one's all-gather output and its input (this GPU's shard, copied): FSDP2
         parts['FSDP gathered blocks'] = int(max(a + b + max(a, b) / k for a, b in list(zip(sizes, sizes[1:])) or [(sizes[0], 0)]))
     enc = encoder_params()
-    if encoders == 'live': parts['text encoders + VAE'] = (enc['t5'] + enc['clip'] + enc['vae']) * 2
+    if encoders == 'live': parts['text encoders + VAE'] = (enc['t5'] + enc['clip'] + enc['vae']) * b  # loaded in the compute dtype
     caching = (enc['t5'] + enc['clip']) * 2 + n_txt * 4096 * 4 * 8  # bf16 encoders + T5 activations (no grad)
     if device is None: device = 'cuda' if torch.cuda.is_available() else 'cpu'
     train_peak = sum(parts.values())
@@ -493,6 +493,5 @@ def encode_as_needed(cfg: Config, device, model_dir: Path,
     if held and cfg.cache_encoding == 'as_needed': log(f"caches: encoded before the first step though cache_encoding = 'as_needed': {held}")
     if held or cfg.cache_encoding != 'auto': return not held and cfg.cache_encoding == 'as_needed'
     kind = torch.device(device).type
-    two_bytes = torch.tensor([], dtype=compute_dtype(cfg)).element_size() == 2  # the planner sizes live encoders in bf16
-    if kind == 'cuda': return bool(two_bytes and (arch := model_architecture(cfg.model_path)[0]) and plan_memory(cfg, device_gb, arch, encoders='live', device='cuda').fits)
+    if kind == 'cuda': return bool((arch := model_architecture(cfg.model_path)[0]) and plan_memory(cfg, device_gb, arch, encoders='live', device='cuda').fits)
     return kind == 'cpu' and _weights_bytes(model_dir) < (host_memory_gb() if host_gb is None else host_gb) * GB / 2
